@@ -1,0 +1,1 @@
+extern "C" int stub(){return 1;}
