@@ -1,1 +1,0 @@
-extern "C" int stub(){return 1;}
