@@ -172,8 +172,15 @@ def dynamic_axes(case: Case) -> dict[str, dict[int, str]]:
 
 
 def reference(module: nn.Module, args: dict) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = module(*args.values())
+    """PyTorch's own answer, from F.multi_head_attention_forward: the fast path
+    (aten::_native_multi_head_attention) is switched off so the reference is the documented code."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            out = module(*args.values())
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
     outs = out if isinstance(out, tuple) else (out,)
     return [o.numpy() for o in outs]
 
