@@ -1,5 +1,177 @@
-"""Placeholder: the export API is being written (see symbolic/)."""
+"""``maskedmha.export``: torch model -> ONNX file where every ``nn.MultiheadAttention`` is ONE
+``com.maskedmha::MaskedMHA`` node carrying its standard-op fallback function."""
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import warnings
+
+import onnx
+import torch
+
+from maskedmha.symbolic.attach import attach_functions
+from maskedmha.symbolic.patching import patched
+
+EXPORTERS = ("dynamo", "torchscript")
 
 
-def export(*args, **kwargs):
-    raise NotImplementedError("maskedmha.export is not written yet")
+def _flat_inputs(args, kwargs):
+    """(position label, value) of every top-level argument, positional then keyword."""
+    items = [(i, a) for i, a in enumerate(args)]
+    items += [(k, v) for k, v in kwargs.items()]
+    return items
+
+
+def _resolve_input_names(args, kwargs, input_names):
+    """Names for the graph's tensor inputs (non-None tensors, in order).  ``input_names`` may
+    name either those tensors only (torch.onnx's convention) or every argument, None ones too."""
+    items = _flat_inputs(args, kwargs)
+    tensors = [(k, v) for k, v in items if isinstance(v, torch.Tensor)]
+    if input_names is None:
+        return None, tensors
+    names = list(input_names)
+    if len(names) == len(items) and len(items) != len(tensors):
+        names = [n for (k, v), n in zip(items, names) if isinstance(v, torch.Tensor)]
+    if len(names) > len(tensors):
+        raise ValueError(f"maskedmha.export: {len(names)} input_names for {len(tensors)} "
+                         "tensor inputs")
+    return names, tensors
+
+
+def _axes(spec):
+    if isinstance(spec, dict):
+        return {int(a): str(n) for a, n in spec.items()}
+    return {int(a): None for a in spec}
+
+
+def _dynamic_shapes(model, args, kwargs, names, tensors, dynamic_axes):
+    """torch.export ``dynamic_shapes`` for torch.onnx-style ``dynamic_axes``."""
+    if not dynamic_axes:
+        return None
+    dyn = torch.export.Dim.DYNAMIC
+    by_label = {}
+    for (label, t), name in zip(tensors, names or []):
+        if name in dynamic_axes:
+            by_label[label] = {a: dyn for a in _axes(dynamic_axes[name]) if a < t.dim()}
+    unknown = set(dynamic_axes) - set(names or [])
+    if unknown and names is not None:
+        # output names are handled after export; anything else is a typo
+        pass
+    sig = inspect.signature(model.forward)
+    bound = sig.bind(*args, **kwargs)
+    result = {}
+    pos = 0
+    for pname, value in bound.arguments.items():
+        kind = sig.parameters[pname].kind
+        if kind == inspect.Parameter.VAR_POSITIONAL:
+            result[pname] = tuple(by_label.get(pos + i) for i in range(len(value)))
+            pos += len(value)
+        elif kind == inspect.Parameter.VAR_KEYWORD:
+            result[pname] = {k: by_label.get(k) for k in value}
+        else:
+            label = pname if pname in kwargs else pos
+            if pname not in kwargs:
+                pos += 1
+            result[pname] = by_label.get(label)
+    return result
+
+
+def _rename_dims(model: onnx.ModelProto, dynamic_axes, input_names, output_names):
+    """Give the dynamic dimensions the names from ``dynamic_axes``."""
+    if not dynamic_axes:
+        return
+    g = model.graph
+    values = {vi.name: vi for vi in list(g.input) + list(g.output)}
+    mapping = {}
+    for name, spec in dynamic_axes.items():
+        vi = values.get(name)
+        if vi is None:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        for axis, dim_name in _axes(spec).items():
+            if axis < len(dims) and dim_name and dims[axis].dim_param:
+                mapping.setdefault(dims[axis].dim_param, dim_name)
+    if not mapping:
+        return
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
+
+
+def _export_torchscript(model, args, kwargs, names, output_names, dynamic_axes, opset_version):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, args, buf, kwargs=kwargs or None, input_names=names,
+                          output_names=output_names, dynamic_axes=dynamic_axes,
+                          opset_version=opset_version, dynamo=False,
+                          custom_opsets={"com.maskedmha": 1}, do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export_dynamo(model, args, kwargs, names, tensors, output_names, dynamic_axes,
+                   opset_version):
+    from maskedmha.symbolic.dynamo import translation_table
+
+    dynamic_shapes = _dynamic_shapes(model, args, kwargs, names, tensors, dynamic_axes)
+    program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True,
+                                input_names=names, output_names=output_names,
+                                dynamic_shapes=dynamic_shapes, opset_version=opset_version,
+                                custom_translation_table=translation_table(), report=False,
+                                verify=False)
+    return program.model_proto
+
+
+def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=None,
+           output_names=None, dynamic_axes=None, fused: bool = True, exporter: str = "dynamo",
+           opset_version: int | None = None) -> onnx.ModelProto:
+    """Export ``model`` to ONNX with every ``nn.MultiheadAttention`` as one MaskedMHA node.
+
+    ``args``: positional inputs (a tensor or a tuple; ``None`` entries allowed for optional
+    masks); ``kwargs``: keyword inputs.  ``dynamic_axes`` as in ``torch.onnx.export`` (input or
+    output name -> {axis: dim name} or [axes]) works with both exporters.  ``fused=False`` writes
+    the decomposed model (standard ops only).  Writes ``f`` (path or binary file object) when
+    given and returns the ``onnx.ModelProto``.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"maskedmha.export: exporter must be one of {EXPORTERS}, not "
+                         f"{exporter!r}")
+    if not isinstance(args, tuple):
+        args = (args,)
+    kwargs = dict(kwargs or {})
+    names, tensors = _resolve_input_names(args, kwargs, input_names)
+    if dynamic_axes and names is None:
+        raise ValueError("maskedmha.export: dynamic_axes needs input_names")
+    output_names = list(output_names) if output_names is not None else None
+
+    was_training = model.training
+    if was_training:
+        warnings.warn("maskedmha.export: the model is in training mode; exporting it in eval() "
+                      "mode (dropout off)", stacklevel=2)
+        model.eval()
+    try:
+        with torch.no_grad(), patched(exporter):
+            if exporter == "torchscript":
+                proto = _export_torchscript(model, args, kwargs, names, output_names,
+                                            dynamic_axes, opset_version)
+            else:
+                proto = _export_dynamo(model, args, kwargs, names, tensors, output_names,
+                                       dynamic_axes, opset_version)
+    finally:
+        if was_training:
+            model.train()
+
+    _rename_dims(proto, dynamic_axes, names, output_names)
+    attach_functions(proto)
+    if not fused:
+        from maskedmha.decompose import decompose
+        proto = decompose(proto)
+    if f is not None:
+        if isinstance(f, (str, os.PathLike)):
+            onnx.save(proto, os.fspath(f))
+        else:
+            f.write(proto.SerializeToString())
+    return proto
