@@ -1,0 +1,25 @@
+// Projection GEMMs: C = A · W^T + bias, with W in PyTorch's Linear layout (N, K).
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "parallel.h"
+
+namespace maskedmha {
+
+// W^T as a (K, N) row-major matrix, so the inner loop of the GEMM runs over contiguous output
+// columns (vectorisable without reassociating sums).  Built once per call; it costs N·K while
+// the GEMM costs M·N·K.
+struct PackedWeight {
+  size_t n = 0, k = 0;
+  std::vector<float> wt;  // k * n
+};
+// Packs rows [row0, row0 + n) of the (*, k) matrix w.
+void PackWeight(const float* w, size_t row0, size_t n, size_t k, PackedWeight* out);
+
+// C[m, ldc] (first n columns) = A[m, lda] (first k columns) · W^T + bias (bias may be null).
+void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const float* bias,
+          float* c, size_t ldc, const Parallel& par);
+
+}  // namespace maskedmha

@@ -1,0 +1,355 @@
+// MaskedMHA kernel: reads attributes, validates inputs, and runs
+//   projections (gemm) -> attention (attention) -> output projection (gemm).
+//
+// Data flow and why:
+//  * Q/K/V projections are large GEMMs over all B*L (or B*S) rows.  For self-attention with a
+//    packed weight (query, key and value are the same tensor) Q, K and V come from one GEMM with
+//    the whole (3E, E) weight.
+//  * With a bool key_padding_mask, keys it hides are dropped before the K/V projections
+//    ("compaction"): their softmax weight is exactly 0, so cost follows the number of valid
+//    tokens.  This is skipped when a float attn_mask holds NaN or +inf, which could turn a hidden
+//    key into NaN (IEEE: -inf + NaN) and must then be computed like PyTorch does.
+//  * Bool masks become additive 0 / -inf float masks once; float masks are used in place.
+#include "masked_mha_op.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "gemm.h"
+#include "parallel.h"
+
+namespace maskedmha {
+
+namespace {
+
+// Runs Parallel tasks on the session's intra-op pool (KernelContext_ParallelFor, ORT API >= 17).
+class OrtParallel final : public Parallel {
+ public:
+  explicit OrtParallel(const Ort::KernelContext& ctx) : ctx_(ctx) {}
+  void For(size_t n, const std::function<void(size_t)>& fn) const override {
+    if (n == 0) return;
+    if (n == 1) {
+      fn(0);
+      return;
+    }
+    ctx_.ParallelFor(
+        [](void* user, size_t i) { (*static_cast<const std::function<void(size_t)>*>(user))(i); },
+        n, 0, const_cast<void*>(static_cast<const void*>(&fn)));
+  }
+
+ private:
+  const Ort::KernelContext& ctx_;
+};
+
+// Attribute readers with defaults (absent attribute -> default; wrong type -> error).
+int64_t AttrInt(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_t dflt,
+                bool* found = nullptr) {
+  int64_t v = 0;
+  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v);
+  if (found) *found = (st == nullptr);
+  if (st) {
+    api.ReleaseStatus(st);
+    return dflt;
+  }
+  return v;
+}
+
+std::string AttrString(const OrtApi& api, const OrtKernelInfo* info, const char* name,
+                       const std::string& dflt) {
+  size_t size = 0;
+  OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st) {
+    api.ReleaseStatus(st);
+    return dflt;
+  }
+  std::string s(size, '\0');
+  st = api.KernelInfoGetAttribute_string(info, name, &s[0], &size);
+  if (st) {
+    api.ReleaseStatus(st);
+    return dflt;
+  }
+  if (!s.empty() && s.back() == '\0') s.pop_back();
+  return s;
+}
+
+bool Flag(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_t dflt) {
+  const int64_t v = AttrInt(api, info, name, dflt);
+  if (v != 0 && v != 1)
+    throw ValidationError(std::string("MaskedMHA: attribute '") + name + "' must be 0 or 1, got " +
+                          std::to_string(v));
+  return v == 1;
+}
+
+// True when a float mask could turn a hidden key into NaN (so compaction is not exact).
+bool HasNanOrPosInf(const float* m, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (std::isnan(m[i]) || m[i] == std::numeric_limits<float>::infinity()) return true;
+  return false;
+}
+
+void BoolToAdditive(const bool* m, size_t n, std::vector<float>* out) {
+  out->resize(n);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n; ++i) (*out)[i] = m[i] ? ninf : 0.0f;
+}
+
+OrtStatusPtr ToStatus(const OrtApi& api, OrtErrorCode code, const char* msg) {
+  return api.CreateStatus(code, msg);
+}
+
+}  // namespace
+
+// ---- op definition --------------------------------------------------------------------------
+
+ONNXTensorElementDataType MaskedMHAOp::GetInputType(size_t index) const {
+  // Masks may be bool or float: accepted as "any type" here and checked in validate.cc, which
+  // gives a message naming the input.
+  if (index == kKeyPaddingMask || index == kAttnMask) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+OrtCustomOpInputOutputCharacteristic MaskedMHAOp::GetInputCharacteristic(size_t index) const {
+  switch (index) {
+    case kQuery: case kKey: case kValue: case kInProjWeight: case kOutProjWeight:
+      return INPUT_OUTPUT_REQUIRED;
+    default:
+      return INPUT_OUTPUT_OPTIONAL;
+  }
+}
+
+OrtCustomOpInputOutputCharacteristic MaskedMHAOp::GetOutputCharacteristic(size_t index) const {
+  return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+}
+
+OrtStatusPtr MaskedMHAOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
+                                         void** kernel) const {
+  try {
+    Attributes a;
+    bool found = false;
+    a.num_heads = AttrInt(api, info, "num_heads", 0, &found);
+    if (!found) throw ValidationError("MaskedMHA: attribute 'num_heads' is required");
+    a.is_causal = Flag(api, info, "is_causal", 0);
+    a.add_zero_attn = Flag(api, info, "add_zero_attn", 0);
+    a.average_weights = Flag(api, info, "average_attn_weights", 1);
+    const std::string fmr = AttrString(api, info, "fully_masked_row", "zero");
+    if (fmr != "zero" && fmr != "nan")
+      throw ValidationError("MaskedMHA: attribute 'fully_masked_row' must be \"zero\" or \"nan\", got \"" +
+                            fmr + "\"");
+    a.nan_rows = fmr == "nan";
+    ValidateAttributes(a);
+    // need_weights = the node has a (non-empty) second output.
+    Ort::ConstKernelInfo ki(info);
+    a.need_weights = ki.GetOutputCount() >= 2 && !ki.GetOutputName(1).empty();
+    *kernel = new MaskedMHAKernel(a);
+    return nullptr;
+  } catch (const ValidationError& e) {
+    return ToStatus(api, ORT_INVALID_ARGUMENT, e.what());
+  } catch (const Ort::Exception& e) {
+    return ToStatus(api, e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return ToStatus(api, ORT_FAIL, (std::string("MaskedMHA: ") + e.what()).c_str());
+  }
+}
+
+// ---- kernel ---------------------------------------------------------------------------------
+
+OrtStatusPtr MaskedMHAKernel::ComputeV2(OrtKernelContext* context) {
+  const OrtApi& api = Ort::GetApi();
+  try {
+    Compute(context);
+    return nullptr;
+  } catch (const ValidationError& e) {
+    return ToStatus(api, ORT_INVALID_ARGUMENT, e.what());
+  } catch (const Ort::Exception& e) {
+    return ToStatus(api, e.GetOrtErrorCode(), e.what());
+  } catch (const std::bad_alloc&) {
+    return ToStatus(api, ORT_FAIL, "MaskedMHA: out of memory");
+  } catch (const std::exception& e) {
+    return ToStatus(api, ORT_FAIL, (std::string("MaskedMHA: ") + e.what()).c_str());
+  }
+}
+
+void MaskedMHAKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  OrtParallel par(ctx);
+
+  // Describe the inputs (absent optional inputs have a null value).
+  std::vector<TensorDesc> desc(kNumInputs);
+  std::vector<Ort::ConstValue> val(kNumInputs, Ort::ConstValue(nullptr));
+  const size_t n_in = ctx.GetInputCount();
+  for (int i = 0; i < kNumInputs; ++i) {
+    if (static_cast<size_t>(i) >= n_in) continue;
+    val[i] = ctx.GetInput(i);
+    if (!val[i]) continue;
+    desc[i].present = true;
+    desc[i].is_tensor = val[i].IsTensor();
+    if (!desc[i].is_tensor) continue;
+    auto info = val[i].GetTensorTypeAndShapeInfo();
+    desc[i].elem_type = static_cast<int>(info.GetElementType());
+    desc[i].shape = info.GetShape();
+  }
+  const Problem p = Validate(desc, attrs_);
+  auto fptr = [&](int i) -> const float* {
+    return desc[i].present ? val[i].GetTensorData<float>() : nullptr;
+  };
+
+  const int64_t B = p.B, L = p.L, S = p.S, E = p.E, H = p.H, D = p.D;
+  float* out = ctx.GetOutput(0, {B, L, E}).GetTensorMutableData<float>();
+  float* weights_out = nullptr;
+  if (attrs_.need_weights) {
+    std::vector<int64_t> wshape = attrs_.average_weights ? std::vector<int64_t>{B, L, p.Sp}
+                                                         : std::vector<int64_t>{B, H, L, p.Sp};
+    weights_out = ctx.GetOutput(1, wshape).GetTensorMutableData<float>();
+  }
+  if (B == 0 || L == 0 || E == 0) {
+    // Nothing to attend from; E == 0 leaves an empty output.
+    if (weights_out && E == 0 && B * L * p.Sp > 0) {
+      // E == 0 (D == 0): every score is 0, so weights are uniform over the unmasked keys.  Not
+      // a meaningful configuration; refuse rather than guess.
+      throw ValidationError("MaskedMHA: input 0 'query' has embed_dim E=0, which is not supported with attention weights");
+    }
+    return;
+  }
+
+  const float* query = fptr(kQuery);
+  const float* key = fptr(kKey);
+  const float* value = fptr(kValue);
+  const float* w_in = fptr(kInProjWeight);
+  const float* b_in = fptr(kInProjBias);
+
+  // Masks: additive float versions.
+  std::vector<float> kpm_buf, am_buf;
+  const float* kpm = nullptr;
+  const bool* kpm_bool = nullptr;
+  if (p.kpm == MaskKind::kBool) {
+    kpm_bool = val[kKeyPaddingMask].GetTensorData<bool>();
+    BoolToAdditive(kpm_bool, static_cast<size_t>(B * S), &kpm_buf);
+    kpm = kpm_buf.data();
+  } else if (p.kpm == MaskKind::kFloat) {
+    kpm = fptr(kKeyPaddingMask);
+  }
+  const float* am = nullptr;
+  const size_t am_n = static_cast<size_t>((p.attn_mask_3d ? B * H : 1) * L * S);
+  if (p.attn_mask == MaskKind::kBool) {
+    BoolToAdditive(val[kAttnMask].GetTensorData<bool>(), am_n, &am_buf);
+    am = am_buf.data();
+  } else if (p.attn_mask == MaskKind::kFloat) {
+    am = fptr(kAttnMask);
+  }
+
+  // Compaction of keys hidden by a bool key_padding_mask.
+  std::vector<int64_t> kv_offset, key_index;
+  const bool compact = kpm_bool && S > 0 &&
+                       !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(am, am_n));
+  int64_t n_keys = B * S;
+  if (compact) {
+    kv_offset.resize(B + 1);
+    key_index.reserve(static_cast<size_t>(B * S));
+    for (int64_t b = 0; b < B; ++b) {
+      kv_offset[b] = static_cast<int64_t>(key_index.size());
+      for (int64_t j = 0; j < S; ++j)
+        if (!kpm_bool[b * S + j]) key_index.push_back(j);
+    }
+    kv_offset[B] = static_cast<int64_t>(key_index.size());
+    n_keys = kv_offset[B];
+  }
+  // Rows of key/value to project: the originals, or a gathered copy of the surviving rows.
+  auto gather = [&](const float* src, int64_t width, std::vector<float>* buf) -> const float* {
+    if (!compact) return src;
+    buf->resize(static_cast<size_t>(n_keys * width));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = kv_offset[b]; r < kv_offset[b + 1]; ++r)
+        std::memcpy(buf->data() + r * width, src + (b * S + key_index[r]) * width,
+                    static_cast<size_t>(width) * sizeof(float));
+    return buf->data();
+  };
+
+  // Projections.
+  const bool same_kv = key == value && p.Kd == p.Vd;
+  const bool self_attn = p.packed && !compact && same_kv && query == key && L == S;
+  std::vector<float> qkv, qbuf, kbuf, vbuf, kg, vg;
+  PackedWeight pw;
+  AttentionArgs a;
+  if (self_attn) {
+    qkv.resize(static_cast<size_t>(B * L * 3 * E));
+    PackWeight(w_in, 0, 3 * E, E, &pw);
+    Gemm(query, E, B * L, pw, b_in, qkv.data(), 3 * E, par);
+    a.q = qkv.data();
+    a.k = qkv.data() + E;
+    a.v = qkv.data() + 2 * E;
+    a.q_stride = a.k_stride = a.v_stride = 3 * E;
+  } else {
+    qbuf.resize(static_cast<size_t>(B * L * E));
+    PackWeight(w_in, 0, E, E, &pw);
+    Gemm(query, E, B * L, pw, b_in, qbuf.data(), E, par);
+    a.q = qbuf.data();
+    a.q_stride = E;
+    const float* b_k = b_in ? b_in + E : nullptr;
+    const float* b_v = b_in ? b_in + 2 * E : nullptr;
+    if (p.packed && same_kv) {
+      // Wk and Wv are adjacent rows of the packed weight: one GEMM with N = 2E.
+      const float* kin = gather(key, E, &kg);
+      kbuf.resize(static_cast<size_t>(n_keys * 2 * E));
+      PackWeight(w_in, E, 2 * E, E, &pw);
+      Gemm(kin, E, n_keys, pw, b_k, kbuf.data(), 2 * E, par);
+      a.k = kbuf.data();
+      a.v = kbuf.data() + E;
+      a.k_stride = a.v_stride = 2 * E;
+    } else {
+      const float* wk = p.packed ? w_in + E * E : fptr(kKProjWeight);
+      const float* wv = p.packed ? w_in + 2 * E * E : fptr(kVProjWeight);
+      const float* kin = gather(key, p.Kd, &kg);
+      const float* vin = same_kv ? kin : gather(value, p.Vd, &vg);
+      kbuf.resize(static_cast<size_t>(n_keys * E));
+      vbuf.resize(static_cast<size_t>(n_keys * E));
+      PackWeight(wk, 0, E, p.Kd, &pw);
+      Gemm(kin, p.Kd, n_keys, pw, b_k, kbuf.data(), E, par);
+      PackWeight(wv, 0, E, p.Vd, &pw);
+      Gemm(vin, p.Vd, n_keys, pw, b_v, vbuf.data(), E, par);
+      a.k = kbuf.data();
+      a.v = vbuf.data();
+      a.k_stride = a.v_stride = E;
+    }
+  }
+
+  // Attention.
+  std::vector<float> attn(static_cast<size_t>(B * L * E));
+  std::vector<float> per_head;
+  a.B = B; a.L = L; a.S = S; a.H = H; a.D = D;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  if (compact) {
+    a.kv_offset = kv_offset.data();
+    a.key_index = key_index.data();
+  }
+  a.bias_k = fptr(kBiasK);
+  a.bias_v = fptr(kBiasV);
+  a.zero_attn = attrs_.add_zero_attn;
+  a.kpm = compact ? nullptr : kpm;  // compacted keys are all unmasked by key_padding_mask
+  a.attn_mask = am;
+  a.attn_mask_3d = p.attn_mask_3d;
+  a.causal = attrs_.is_causal;
+  a.nan_rows = attrs_.nan_rows;
+  a.out = attn.data();
+  a.out_stride = E;
+  if (weights_out) {
+    if (attrs_.average_weights) {
+      per_head.resize(static_cast<size_t>(B * H * L * p.Sp));
+      a.weights = per_head.data();
+    } else {
+      a.weights = weights_out;
+    }
+  }
+  Attention(a, par);
+  if (weights_out && attrs_.average_weights)
+    AverageHeads(per_head.data(), B, H, L, p.Sp, weights_out, par);
+
+  // Output projection straight into the output tensor.
+  PackWeight(fptr(kOutProjWeight), 0, E, E, &pw);
+  Gemm(attn.data(), E, B * L, pw, fptr(kOutProjBias), out, E, par);
+}
+
+}  // namespace maskedmha

@@ -1,0 +1,207 @@
+// Validation of MaskedMHA inputs (see validate.h).  Order of checks: presence and pairing, then
+// element types, then ranks and dimensions (E from query, S from key, H from the attribute),
+// then sizes whose products would overflow.  Nothing is computed before all checks pass.
+#include "validate.h"
+
+#include <limits>
+#include <sstream>
+
+namespace maskedmha {
+
+namespace {
+
+const char* const kNames[kNumInputs] = {
+    "query",         "key",          "value",        "in_proj_weight", "k_proj_weight",
+    "v_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k",
+    "bias_v",        "key_padding_mask", "attn_mask"};
+
+std::string Prefix(int i) {
+  return std::string("MaskedMHA: input ") + std::to_string(i) + " '" + kNames[i] + "'";
+}
+
+[[noreturn]] void Fail(const std::string& msg) { throw ValidationError(msg); }
+
+void RequirePresent(const std::vector<TensorDesc>& in, int i) {
+  if (!in[i].present) Fail(Prefix(i) + " is required but missing");
+}
+
+void CheckType(const TensorDesc& t, int i, bool allow_bool) {
+  if (!t.is_tensor) Fail(Prefix(i) + " must be a tensor");
+  if (t.elem_type == kElemFloat) return;
+  if (allow_bool && t.elem_type == kElemBool) return;
+  Fail(Prefix(i) + " has element type " + ElemTypeName(t.elem_type) + ", expected " +
+       (allow_bool ? "tensor(bool) or tensor(float)" : "tensor(float)"));
+}
+
+// Shape must equal `expected`; `meaning` names the symbols, e.g. "(B, S)".
+void CheckShape(const TensorDesc& t, int i, const std::vector<int64_t>& expected,
+                const char* meaning, const char* why = nullptr) {
+  if (t.shape == expected) return;
+  std::string msg = Prefix(i) + " has shape " + ShapeToString(t.shape) + ", expected " +
+                    ShapeToString(expected) + " " + meaning;
+  if (why) msg += std::string(" (") + why + ")";
+  Fail(msg);
+}
+
+void CheckRank(const TensorDesc& t, int i, size_t rank, const char* meaning) {
+  if (t.shape.size() == rank) return;
+  Fail(Prefix(i) + " has rank " + std::to_string(t.shape.size()) + " (shape " +
+       ShapeToString(t.shape) + "), expected rank " + std::to_string(rank) + " " + meaning);
+}
+
+// Product of non-negative sizes; fails when it does not fit the addressable float count.
+int64_t CheckedProduct(std::initializer_list<int64_t> dims, const std::string& what) {
+  // Elements must be addressable as size_t bytes of float and as int64 element counts.
+  const uint64_t limit = std::min<uint64_t>(std::numeric_limits<int64_t>::max(),
+                                            std::numeric_limits<size_t>::max() / sizeof(float));
+  uint64_t p = 1;
+  for (int64_t d : dims) {
+    if (d < 0) Fail("MaskedMHA: negative dimension in " + what);
+    uint64_t r;
+    if (__builtin_mul_overflow(p, static_cast<uint64_t>(d), &r) || r > limit)
+      Fail("MaskedMHA: the size of " + what + " overflows (too many elements)");
+    p = r;
+  }
+  return static_cast<int64_t>(p);
+}
+
+}  // namespace
+
+const char* InputName(int index) {
+  return (index >= 0 && index < kNumInputs) ? kNames[index] : "?";
+}
+
+std::string ShapeToString(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "," : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+std::string ElemTypeName(int t) {
+  switch (t) {
+    case 1: return "tensor(float)";
+    case 2: return "tensor(uint8)";
+    case 3: return "tensor(int8)";
+    case 4: return "tensor(uint16)";
+    case 5: return "tensor(int16)";
+    case 6: return "tensor(int32)";
+    case 7: return "tensor(int64)";
+    case 8: return "tensor(string)";
+    case 9: return "tensor(bool)";
+    case 10: return "tensor(float16)";
+    case 11: return "tensor(double)";
+    case 12: return "tensor(uint32)";
+    case 13: return "tensor(uint64)";
+    case 16: return "tensor(bfloat16)";
+    default: return "element type " + std::to_string(t);
+  }
+}
+
+void ValidateAttributes(const Attributes& a) {
+  if (a.num_heads <= 0)
+    Fail("MaskedMHA: attribute 'num_heads' must be a positive integer, got " +
+         std::to_string(a.num_heads));
+}
+
+Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
+  if (in.size() != static_cast<size_t>(kNumInputs))
+    Fail("MaskedMHA: internal error: expected 13 input descriptors");
+  ValidateAttributes(attrs);
+  Problem p;
+
+  // Presence and pairing.
+  for (int i : {kQuery, kKey, kValue, kInProjWeight, kOutProjWeight}) RequirePresent(in, i);
+  if (in[kKProjWeight].present != in[kVProjWeight].present) {
+    const int missing = in[kKProjWeight].present ? kVProjWeight : kKProjWeight;
+    const int given = in[kKProjWeight].present ? kKProjWeight : kVProjWeight;
+    Fail(Prefix(missing) + " is missing but input " + std::to_string(given) + " '" +
+         kNames[given] + "' is given; k_proj_weight and v_proj_weight come together");
+  }
+  if (in[kBiasK].present != in[kBiasV].present) {
+    const int missing = in[kBiasK].present ? kBiasV : kBiasK;
+    const int given = in[kBiasK].present ? kBiasK : kBiasV;
+    Fail(Prefix(missing) + " is missing but input " + std::to_string(given) + " '" +
+         kNames[given] + "' is given; bias_k and bias_v come together");
+  }
+  p.packed = !in[kKProjWeight].present;
+  p.has_in_bias = in[kInProjBias].present;
+  p.has_out_bias = in[kOutProjBias].present;
+  p.has_bias_kv = in[kBiasK].present;
+
+  // Element types.
+  for (int i = 0; i < kNumInputs; ++i)
+    if (in[i].present) CheckType(in[i], i, i == kKeyPaddingMask || i == kAttnMask);
+  if (in[kKeyPaddingMask].present)
+    p.kpm = in[kKeyPaddingMask].elem_type == kElemBool ? MaskKind::kBool : MaskKind::kFloat;
+  if (in[kAttnMask].present)
+    p.attn_mask = in[kAttnMask].elem_type == kElemBool ? MaskKind::kBool : MaskKind::kFloat;
+
+  // Ranks and dimensions.
+  CheckRank(in[kQuery], kQuery, 3, "(B, L, E)");
+  p.B = in[kQuery].shape[0];
+  p.L = in[kQuery].shape[1];
+  p.E = in[kQuery].shape[2];
+  p.H = attrs.num_heads;
+  if (p.E % p.H != 0)
+    Fail("MaskedMHA: embed_dim E=" + std::to_string(p.E) + " (query shape " +
+         ShapeToString(in[kQuery].shape) + ") is not divisible by num_heads=" +
+         std::to_string(p.H));
+  p.D = p.E / p.H;
+
+  CheckRank(in[kKey], kKey, 3, "(B, S, kdim)");
+  p.S = in[kKey].shape[1];
+  p.Kd = in[kKey].shape[2];
+  CheckRank(in[kValue], kValue, 3, "(B, S, vdim)");
+  p.Vd = in[kValue].shape[2];
+  if (p.packed) {
+    CheckShape(in[kKey], kKey, {p.B, p.S, p.E}, "(B, S, E)",
+               "a packed in_proj_weight needs kdim = E; give k_proj_weight/v_proj_weight otherwise");
+    CheckShape(in[kValue], kValue, {p.B, p.S, p.E}, "(B, S, E)",
+               "a packed in_proj_weight needs vdim = E; give k_proj_weight/v_proj_weight otherwise");
+    CheckShape(in[kInProjWeight], kInProjWeight, {3 * p.E, p.E}, "(3E, E)",
+               "packed weight, as k_proj_weight/v_proj_weight are absent");
+  } else {
+    CheckShape(in[kKey], kKey, {p.B, p.S, p.Kd}, "(B, S, kdim)");
+    CheckShape(in[kValue], kValue, {p.B, p.S, p.Vd}, "(B, S, vdim)");
+    CheckShape(in[kInProjWeight], kInProjWeight, {p.E, p.E}, "(E, E)",
+               "q_proj_weight, as k_proj_weight/v_proj_weight are given");
+    CheckShape(in[kKProjWeight], kKProjWeight, {p.E, p.Kd}, "(E, kdim)");
+    CheckShape(in[kVProjWeight], kVProjWeight, {p.E, p.Vd}, "(E, vdim)");
+  }
+  if (p.has_in_bias) CheckShape(in[kInProjBias], kInProjBias, {3 * p.E}, "(3E)");
+  CheckShape(in[kOutProjWeight], kOutProjWeight, {p.E, p.E}, "(E, E)");
+  if (p.has_out_bias) CheckShape(in[kOutProjBias], kOutProjBias, {p.E}, "(E)");
+  if (p.has_bias_kv) {
+    CheckShape(in[kBiasK], kBiasK, {p.E}, "(E)");
+    CheckShape(in[kBiasV], kBiasV, {p.E}, "(E)");
+  }
+  if (p.kpm != MaskKind::kNone)
+    CheckShape(in[kKeyPaddingMask], kKeyPaddingMask, {p.B, p.S}, "(B, S)");
+  if (p.attn_mask != MaskKind::kNone) {
+    const TensorDesc& m = in[kAttnMask];
+    if (m.shape.size() == 2) {
+      CheckShape(m, kAttnMask, {p.L, p.S}, "(L, S)");
+    } else if (m.shape.size() == 3) {
+      p.attn_mask_3d = true;
+      CheckShape(m, kAttnMask, {p.B * p.H, p.L, p.S}, "(B*H, L, S)");
+    } else {
+      Fail(Prefix(kAttnMask) + " has rank " + std::to_string(m.shape.size()) + " (shape " +
+           ShapeToString(m.shape) + "), expected rank 2 (L, S) or 3 (B*H, L, S)");
+    }
+  }
+
+  p.X = (p.has_bias_kv ? 1 : 0) + (attrs.add_zero_attn ? 1 : 0);
+  p.Sp = p.S + p.X;
+
+  // Sizes of everything the kernel allocates or indexes.
+  CheckedProduct({p.B, p.L, 3, p.E}, "the projected query (B*L*3E)");
+  CheckedProduct({p.B, p.S, 2, p.E}, "the projected key/value (B*S*2E)");
+  CheckedProduct({p.B, p.S, std::max(p.Kd, p.Vd)}, "key/value");
+  CheckedProduct({3, p.E, std::max(p.E, std::max(p.Kd, p.Vd))}, "the projection weights");
+  CheckedProduct({p.B, p.H, p.L, p.Sp}, "the attention weights (B*H*L*S')");
+  return p;
+}
+
+}  // namespace maskedmha
