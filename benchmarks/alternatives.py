@@ -1,0 +1,120 @@
+"""Runnable alternatives for one Point (ORT sessions or PyTorch eager), and PyTorch's answer to
+check them against."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import graphs
+from grid import Point
+
+ALTERNATIVES = ["fused", "decomposed", "ort_attention", "ort_mha", "onnx_attention", "torch"]
+REL_TOL = 1e-4      # max |alt - reference| / max |reference|
+
+
+def session_options(threads: int, spin: bool, library: str | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Sessions are timed round-robin: a pool that keeps spinning after its run would steal a core
+    # from the next alternative.  Off by default for every ORT session alike (--spin turns it on).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if library:
+        opts.register_custom_ops_library(library)
+    return opts
+
+
+def library_path() -> str:
+    import maskedmha
+    return maskedmha.get_library_path()
+
+
+class OrtRunner:
+    def __init__(self, model_bytes: bytes, feeds: dict, threads: int, spin: bool, library=None):
+        self.session = ort.InferenceSession(model_bytes, session_options(threads, spin, library),
+                                            providers=["CPUExecutionProvider"])
+        names = {i.name for i in self.session.get_inputs()}
+        self.feeds = {k: v for k, v in feeds.items() if k in names}
+
+    def __call__(self) -> np.ndarray:
+        return self.session.run(["output"], self.feeds)[0]
+
+
+def torch_module(p: Point, w: graphs.Weights, dtype=torch.float32) -> torch.nn.MultiheadAttention:
+    m = torch.nn.MultiheadAttention(p.E, p.H, batch_first=True, dtype=dtype).eval()
+    with torch.no_grad():
+        m.in_proj_weight.copy_(torch.from_numpy(w.w_in))
+        m.in_proj_bias.copy_(torch.from_numpy(w.b_in))
+        m.out_proj.weight.copy_(torch.from_numpy(w.w_out))
+        m.out_proj.bias.copy_(torch.from_numpy(w.b_out))
+    return m
+
+
+def torch_args(p: Point, feeds: dict, dtype=torch.float32):
+    """(query, key, value, kwargs) for nn.MultiheadAttention.forward."""
+    q = torch.from_numpy(feeds["query"]).to(dtype)
+    kv = torch.from_numpy(feeds["memory"]).to(dtype) if p.cross else q
+    kw = {"need_weights": False}
+    if "key_padding_mask" in feeds:
+        kw["key_padding_mask"] = torch.from_numpy(feeds["key_padding_mask"])
+    if p.mask == "random":
+        kw["attn_mask"] = torch.from_numpy(feeds["attn_mask"])
+    elif p.mask == "causal":
+        kw["attn_mask"] = torch.from_numpy(graphs.causal_mask(p.L, p.S))
+        kw["is_causal"] = True
+    return q, kv, kv, kw
+
+
+class TorchRunner:
+    """PyTorch eager nn.MultiheadAttention under no_grad (its fast path when it applies)."""
+
+    def __init__(self, p: Point, w: graphs.Weights, feeds: dict):
+        self.module = torch_module(p, w)
+        self.args = torch_args(p, feeds)
+
+    def __call__(self) -> np.ndarray:
+        q, k, v, kw = self.args
+        with torch.no_grad():
+            return self.module(q, k, v, **kw)[0].numpy()
+
+
+def reference(p: Point, w: graphs.Weights, feeds: dict) -> np.ndarray:
+    """nn.MultiheadAttention evaluated in float64, one batch item at a time (bounded memory)."""
+    m = torch_module(p, w, torch.float64)
+    q, k, v, kw = torch_args(p, feeds, torch.float64)
+    outs = []
+    with torch.no_grad():
+        for b in range(p.B):
+            kwb = dict(kw)
+            if "key_padding_mask" in kw:
+                kwb["key_padding_mask"] = kw["key_padding_mask"][b:b + 1]
+            outs.append(m(q[b:b + 1], k[b:b + 1], v[b:b + 1], **kwb)[0])
+    return torch.cat(outs).numpy()
+
+
+def check(out: np.ndarray, ref: np.ndarray) -> tuple[bool, float, float]:
+    """(ok, max abs diff, max abs diff relative to max |ref|); NaN anywhere fails."""
+    if out.shape != ref.shape:
+        return False, float("inf"), float("inf")
+    diff = np.abs(out.astype(np.float64) - ref)
+    if not np.all(np.isfinite(diff)):
+        return False, float("nan"), float("nan")
+    abs_diff = float(diff.max()) if diff.size else 0.0
+    rel = abs_diff / max(float(np.abs(ref).max()) if ref.size else 1.0, 1e-30)
+    return rel <= REL_TOL, abs_diff, rel
+
+
+def model_for(name: str, p: Point, w: graphs.Weights):
+    """The ONNX model of an ORT alternative (raises graphs.NotApplicable)."""
+    return graphs.BUILDERS[name](p, w)
+
+
+def make_runner(name: str, p: Point, w: graphs.Weights, feeds: dict, threads: int, spin: bool,
+                model=None):
+    if name == "torch":
+        return TorchRunner(p, w, feeds)
+    model = model if model is not None else model_for(name, p, w)
+    lib = library_path() if name == "fused" else None
+    return OrtRunner(model.SerializeToString(), feeds, threads, spin, lib)
