@@ -1,0 +1,625 @@
+"""Kernel-level tests of com.maskedmha::MaskedMHA: hand-built one-node ONNX graphs run by
+onnxruntime with our library registered, compared with PyTorch's
+``torch.nn.functional.multi_head_attention_forward`` (and, where PyTorch has no equivalent call,
+with a direct float64 transcription of docs/MaskedMHA.md).
+
+No timing assertions.  Every comparison is against an independent reference, so a wrong kernel
+fails (see also test_reference_detects_wrong_output)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+
+import maskedmha
+
+INPUT_NAMES = ["query", "key", "value", "in_proj_weight", "k_proj_weight", "v_proj_weight",
+               "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k", "bias_v",
+               "key_padding_mask", "attn_mask"]
+RTOL, ATOL = 1e-5, 1e-5
+
+# PyTorch warns when a bool key_padding_mask meets a float attn_mask; the op allows it.
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+
+_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+               np.dtype(np.bool_): TensorProto.BOOL, np.dtype(np.int32): TensorProto.INT32,
+               np.dtype(np.int64): TensorProto.INT64}
+
+
+# ----------------------------------------------------------------------------------------------
+# Graph building and running
+
+def make_model(feeds: dict, num_heads: int, need_weights: bool = False, ranks: dict | None = None,
+               **attrs) -> bytes:
+    """One MaskedMHA node; every given input is a graph input with symbolic dims (so one session
+    accepts any shape).  `feeds` maps spec input names to arrays (absent = omitted)."""
+    node_inputs, graph_inputs = [], []
+    for name in INPUT_NAMES:
+        arr = feeds.get(name)
+        if arr is None:
+            node_inputs.append("")
+            continue
+        node_inputs.append(name)
+        rank = (ranks or {}).get(name, arr.ndim)
+        dims = [f"{name}_d{i}" for i in range(rank)]
+        graph_inputs.append(helper.make_tensor_value_info(name, _NP_TO_ONNX[arr.dtype], dims))
+    while node_inputs and node_inputs[-1] == "":
+        node_inputs.pop()
+    outputs = ["output"] + (["attn_weights"] if need_weights else [])
+    node = helper.make_node("MaskedMHA", node_inputs, outputs, domain=maskedmha.DOMAIN,
+                            num_heads=num_heads, **attrs)
+    graph_outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    graph = helper.make_graph([node], "masked_mha", graph_inputs, graph_outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(maskedmha.DOMAIN, 1)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def session(model: bytes, threads: int = 2) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return maskedmha.InferenceSession(model, so)
+
+
+def run(feeds: dict, num_heads: int, need_weights=False, **attrs):
+    sess = session(make_model(feeds, num_heads, need_weights, **attrs))
+    return sess.run(None, {k: v for k, v in feeds.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and references
+
+def make_feeds(B, L, S, E, H, *, seed=0, self_attn=False, kdim=None, vdim=None, bias=True,
+               bias_kv=False, kpm=None, attn_mask=None, pad_frac=0.3):
+    """Random inputs in the op's layout.  kpm: None|"bool"|"float"; attn_mask: None|"bool2"|
+    "float2"|"bool3"|"float3"."""
+    rng = np.random.default_rng(seed)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    separate = kdim is not None or vdim is not None
+    kd, vd = kdim or E, vdim or E
+    feeds = {}
+    feeds["query"] = f(B, L, E)
+    if self_attn:
+        assert L == S and not separate
+        feeds["key"] = feeds["value"] = feeds["query"]
+    else:
+        feeds["key"], feeds["value"] = f(B, S, kd), f(B, S, vd)
+    scale = 1.0 / math.sqrt(E)
+    if separate:
+        feeds["in_proj_weight"] = f(E, E) * scale
+        feeds["k_proj_weight"] = f(E, kd) / math.sqrt(kd)
+        feeds["v_proj_weight"] = f(E, vd) / math.sqrt(vd)
+    else:
+        feeds["in_proj_weight"] = f(3 * E, E) * scale
+    feeds["out_proj_weight"] = f(E, E) * scale
+    if bias:
+        feeds["in_proj_bias"] = f(3 * E) * 0.1
+        feeds["out_proj_bias"] = f(E) * 0.1
+    if bias_kv:
+        feeds["bias_k"], feeds["bias_v"] = f(E), f(E)
+    if kpm is not None:
+        pad = rng.random((B, S)) < pad_frac
+        pad[:, :1] = False  # keep at least one key per item (fully masked rows tested separately)
+        feeds["key_padding_mask"] = pad if kpm == "bool" else np.where(
+            pad, -1e4, rng.standard_normal((B, S)) * 0.5).astype(np.float32)
+    if attn_mask is not None:
+        shape = (L, S) if attn_mask.endswith("2") else (B * H, L, S)
+        if attn_mask.startswith("bool"):
+            m = rng.random(shape) < 0.25
+            m[..., :1] = False
+            feeds["attn_mask"] = m
+        else:
+            feeds["attn_mask"] = (rng.standard_normal(shape) * 0.5).astype(np.float32)
+    return feeds
+
+
+def torch_reference(feeds, H, *, add_zero_attn=False, need_weights=False, average=True,
+                    dtype=torch.float64):
+    """PyTorch's own multi_head_attention_forward (batch-first in/out)."""
+    t = {k: (torch.from_numpy(np.asarray(v)) if v is not None else None) for k, v in feeds.items()}
+    cast = lambda x: None if x is None else (x.to(dtype) if x.dtype != torch.bool else x)  # noqa
+    q, k, v = (cast(t[n]).transpose(0, 1) for n in ("query", "key", "value"))
+    E = q.shape[-1]
+    separate = t.get("k_proj_weight") is not None
+    bk, bv = t.get("bias_k"), t.get("bias_v")
+    out, w = F.multi_head_attention_forward(
+        q, k, v, E, H,
+        in_proj_weight=None if separate else cast(t["in_proj_weight"]),
+        in_proj_bias=cast(t.get("in_proj_bias")),
+        bias_k=None if bk is None else cast(bk).reshape(1, 1, E),
+        bias_v=None if bv is None else cast(bv).reshape(1, 1, E),
+        add_zero_attn=add_zero_attn, dropout_p=0.0,
+        out_proj_weight=cast(t["out_proj_weight"]), out_proj_bias=cast(t.get("out_proj_bias")),
+        training=False, key_padding_mask=cast(t.get("key_padding_mask")),
+        need_weights=need_weights, attn_mask=cast(t.get("attn_mask")),
+        use_separate_proj_weight=separate,
+        q_proj_weight=cast(t["in_proj_weight"]) if separate else None,
+        k_proj_weight=cast(t.get("k_proj_weight")), v_proj_weight=cast(t.get("v_proj_weight")),
+        average_attn_weights=average)
+    out = out.transpose(0, 1).numpy()
+    return out, (w.numpy() if w is not None else None)
+
+
+def spec_reference(feeds, H, *, add_zero_attn=False, is_causal=False, nan_rows=False):
+    """Literal float64 transcription of the Semantics section of docs/MaskedMHA.md (used where
+    PyTorch has no single call with the same meaning, e.g. is_causal over the extra keys)."""
+    g = {k: (None if v is None else (v if v.dtype == np.bool_ else v.astype(np.float64)))
+         for k, v in feeds.items()}
+    q_in, k_in, v_in = g["query"], g["key"], g["value"]
+    B, L, E = q_in.shape
+    S = k_in.shape[1]
+    D = E // H
+    W = g["in_proj_weight"]
+    if g.get("k_proj_weight") is not None:
+        Wq, Wk, Wv = W, g["k_proj_weight"], g["v_proj_weight"]
+    else:
+        Wq, Wk, Wv = W[:E], W[E:2 * E], W[2 * E:]
+    b = g.get("in_proj_bias")
+    bq, bk, bv = (b[:E], b[E:2 * E], b[2 * E:]) if b is not None else (0, 0, 0)
+    q, k, v = q_in @ Wq.T + bq, k_in @ Wk.T + bk, v_in @ Wv.T + bv
+    if g.get("bias_k") is not None:
+        k = np.concatenate([k, np.broadcast_to(g["bias_k"], (B, 1, E))], 1)
+        v = np.concatenate([v, np.broadcast_to(g["bias_v"], (B, 1, E))], 1)
+    qh = q.reshape(B, L, H, D).transpose(0, 2, 1, 3)
+    kh = k.reshape(B, -1, H, D).transpose(0, 2, 1, 3)
+    vh = v.reshape(B, -1, H, D).transpose(0, 2, 1, 3)
+    if add_zero_attn:
+        kh = np.concatenate([kh, np.zeros((B, H, 1, D))], 2)
+        vh = np.concatenate([vh, np.zeros((B, H, 1, D))], 2)
+    Sp = kh.shape[2]
+    canon = lambda m: np.where(m, -np.inf, 0.0) if m.dtype == np.bool_ else m  # noqa: E731
+    M = np.zeros((B, H, L, Sp))
+    if g.get("key_padding_mask") is not None:
+        M[..., :S] += canon(g["key_padding_mask"])[:, None, None, :]
+    if g.get("attn_mask") is not None:
+        am = canon(g["attn_mask"])
+        M[..., :S] += am.reshape(B, H, L, S) if am.ndim == 3 else am
+    if is_causal:
+        M = M + np.where(np.arange(Sp)[None, :] > np.arange(L)[:, None], -np.inf, 0.0)
+    with np.errstate(invalid="ignore"):
+        s = qh @ kh.transpose(0, 1, 3, 2) / math.sqrt(D) + M
+        mx = s.max(-1, keepdims=True)
+        e = np.exp(s - mx)
+        P = e / e.sum(-1, keepdims=True)
+    full = np.isneginf(s).all(-1) & (Sp > 0)
+    P[full] = np.nan if nan_rows else 0.0
+    o = (P @ vh).transpose(0, 2, 1, 3).reshape(B, L, E)
+    bo = g.get("out_proj_bias")
+    out = o @ g["out_proj_weight"].T + (bo if bo is not None else 0)
+    return out, P
+
+
+def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations vs PyTorch
+
+SHAPES = [(2, 5, 7), (3, 9, 4), (1, 1, 1), (2, 40, 70)]  # (B, L, S), L != S mostly
+
+CONFIGS = {
+    # name: (make_feeds kwargs, run attrs)
+    "packed": (dict(), dict()),
+    "no_bias": (dict(bias=False), dict()),
+    "separate_kdim_vdim": (dict(kdim=12, vdim=20), dict()),
+    "separate_same_dims": (dict(kdim=16, vdim=16), dict()),
+    "bias_kv": (dict(bias_kv=True), dict()),
+    "zero_attn": (dict(), dict(add_zero_attn=1)),
+    "bias_kv_zero_attn": (dict(bias_kv=True), dict(add_zero_attn=1)),
+    "kpm_bool": (dict(kpm="bool"), dict()),
+    "kpm_float": (dict(kpm="float"), dict()),
+    "am_bool2": (dict(attn_mask="bool2"), dict()),
+    "am_float2": (dict(attn_mask="float2"), dict()),
+    "am_bool3": (dict(attn_mask="bool3"), dict()),
+    "am_float3": (dict(attn_mask="float3"), dict()),
+    "kpm_bool_am_float3": (dict(kpm="bool", attn_mask="float3"), dict()),
+    "kpm_float_am_bool2": (dict(kpm="float", attn_mask="bool2"), dict()),
+    "kpm_bool_am_bool3": (dict(kpm="bool", attn_mask="bool3"), dict()),
+    "kpm_float_am_float2": (dict(kpm="float", attn_mask="float2"), dict()),
+    "everything": (dict(kdim=12, vdim=20, bias_kv=True, kpm="bool", attn_mask="float3"),
+                   dict(add_zero_attn=1)),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B%d_L%d_S%d" % s)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_output_matches_pytorch(config, shape):
+    B, L, S = shape
+    E, H = 16, 4
+    fk, attrs = CONFIGS[config]
+    feeds = make_feeds(B, L, S, E, H, seed=hash((config, shape)) % 2**32, **fk)
+    (out,) = run(feeds, H, **attrs)
+    ref, _ = torch_reference(feeds, H, add_zero_attn=bool(attrs.get("add_zero_attn")))
+    assert out.shape == (B, L, E) and out.dtype == np.float32
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("average", [1, 0])
+@pytest.mark.parametrize("config", ["packed", "kpm_bool_am_float3", "everything", "kpm_float"])
+def test_weights_match_pytorch(config, average):
+    B, L, S, E, H = 3, 6, 9, 24, 3
+    fk, attrs = CONFIGS[config]
+    feeds = make_feeds(B, L, S, E, H, seed=7, **fk)
+    out, w = run(feeds, H, need_weights=True, average_attn_weights=average,
+                 fully_masked_row="nan", **attrs)
+    zero_attn = bool(attrs.get("add_zero_attn"))
+    ref, ref_w = torch_reference(feeds, H, add_zero_attn=zero_attn, need_weights=True,
+                                 average=bool(average))
+    Sp = S + ("bias_k" in feeds) + zero_attn
+    assert w.shape == ((B, L, Sp) if average else (B, H, L, Sp))
+    assert_close(out, ref)
+    assert_close(w, ref_w)
+
+
+def test_self_attention_same_tensor():
+    """query is key is value: the fused single-GEMM path (with and without key compaction)."""
+    B, L, E, H = 3, 33, 32, 4
+    for kpm in (None, "bool"):
+        feeds = make_feeds(B, L, L, E, H, seed=3, self_attn=True, kpm=kpm)
+        # Graph with ONE input feeding query, key and value.
+        node = helper.make_node("MaskedMHA", ["x", "x", "x", "w", "", "", "b", "wo", "bo"] +
+                                (["", "", "kpm"] if kpm else []), ["y"],
+                                domain=maskedmha.DOMAIN, num_heads=H)
+        ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", E])]
+        if kpm:
+            ins.append(helper.make_tensor_value_info("kpm", TensorProto.BOOL, ["B", "L"]))
+        inits = [onnx.numpy_helper.from_array(feeds[n], name=a) for n, a in
+                 [("in_proj_weight", "w"), ("in_proj_bias", "b"), ("out_proj_weight", "wo"),
+                  ("out_proj_bias", "bo")]]
+        graph = helper.make_graph([node], "self", ins,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                        helper.make_opsetid(maskedmha.DOMAIN, 1)])
+        sess = session(model.SerializeToString())
+        run_feeds = {"x": feeds["query"]}
+        if kpm:
+            run_feeds["kpm"] = feeds["key_padding_mask"]
+        (out,) = sess.run(None, run_feeds)
+        ref, _ = torch_reference(feeds, H)
+        assert_close(out, ref)
+
+
+def test_nn_module_larger():
+    """nn.MultiheadAttention itself (float32, default init) at a transformer-like size, with
+    padding, several threads: long key ranges exercise the multi-block online softmax."""
+    torch.manual_seed(0)
+    B, L, E, H = 4, 150, 64, 4
+    mha = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()
+    x = torch.randn(B, L, E)
+    lengths = torch.tensor([150, 97, 64, 1])
+    kpm = torch.arange(L)[None, :] >= lengths[:, None]
+    with torch.no_grad():
+        ref, ref_w = mha(x, x, x, key_padding_mask=kpm, need_weights=True)
+    feeds = {"query": x.numpy(), "key": x.numpy(), "value": x.numpy(),
+             "in_proj_weight": mha.in_proj_weight.detach().numpy(),
+             "in_proj_bias": mha.in_proj_bias.detach().numpy(),
+             "out_proj_weight": mha.out_proj.weight.detach().numpy(),
+             "out_proj_bias": mha.out_proj.bias.detach().numpy(),
+             "key_padding_mask": kpm.numpy()}
+    out, w = run(feeds, H, need_weights=True)
+    assert_close(out, ref.numpy(), atol=2e-5)
+    assert_close(w, ref_w.numpy(), atol=2e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# is_causal
+
+@pytest.mark.parametrize("shape", [(2, 6, 6), (2, 9, 4), (1, 3, 11), (2, 70, 70)],
+                         ids=lambda s: "B%d_L%d_S%d" % s)
+def test_causal_matches_pytorch(shape):
+    """PyTorch's is_causal=True path == an explicit triu(1) bool mask over the S keys."""
+    B, L, S = shape
+    E, H = 16, 2
+    feeds = make_feeds(B, L, S, E, H, seed=11)
+    (out,) = run(feeds, H, is_causal=1)
+    ref_feeds = dict(feeds, attn_mask=np.triu(np.ones((L, S), bool), 1))
+    ref, _ = torch_reference(ref_feeds, H)
+    assert_close(out, ref)
+    # And the same with PyTorch's own SDPA causal path.
+    if L == S:
+        t = lambda n: torch.from_numpy(feeds[n]).double()  # noqa: E731
+        mha = torch.nn.MultiheadAttention(E, H, batch_first=True).double().eval()
+        with torch.no_grad():
+            mha.in_proj_weight.copy_(t("in_proj_weight"))
+            mha.in_proj_bias.copy_(t("in_proj_bias"))
+            mha.out_proj.weight.copy_(t("out_proj_weight"))
+            mha.out_proj.bias.copy_(t("out_proj_bias"))
+            mask = torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+            ref2, _ = mha(t("query"), t("key"), t("value"), attn_mask=mask, is_causal=True,
+                          need_weights=False)
+        assert_close(out, ref2.numpy())
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_causal_over_extra_keys_and_masks(need_weights):
+    """is_causal covers all S' keys (extra keys included) and combines with both masks."""
+    B, L, S, E, H = 2, 5, 3, 16, 4
+    feeds = make_feeds(B, L, S, E, H, seed=5, bias_kv=True, kpm="bool", attn_mask="float3")
+    res = run(feeds, H, need_weights=need_weights, is_causal=1, add_zero_attn=1,
+              average_attn_weights=0)
+    ref, P = spec_reference(feeds, H, add_zero_attn=True, is_causal=True)
+    assert_close(res[0], ref)
+    if need_weights:
+        assert_close(res[1], P)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fully masked rows, empty tensors
+
+def _fully_masked_feeds(kind, with_bias=True):
+    B, L, S, E, H = 3, 4, 5, 16, 4
+    feeds = make_feeds(B, L, S, E, H, seed=13, bias=with_bias,
+                       kpm="bool" if kind == "kpm_bool" else "float" if kind == "kpm_float" else None,
+                       attn_mask="bool3" if kind == "am_bool3" else None)
+    if kind == "kpm_bool":
+        feeds["key_padding_mask"][1] = True               # batch item 1: every key padded
+    elif kind == "kpm_float":
+        feeds["key_padding_mask"][1] = -np.inf
+    else:
+        feeds["attn_mask"][1 * H + 2, 3] = True           # batch 1, head 2, row 3
+    return feeds, H
+
+
+@pytest.mark.parametrize("kind", ["kpm_bool", "kpm_float", "am_bool3"])
+def test_fully_masked_rows_nan_mode_matches_pytorch_need_weights(kind):
+    feeds, H = _fully_masked_feeds(kind)
+    out, w = run(feeds, H, need_weights=True, fully_masked_row="nan", average_attn_weights=0)
+    ref, ref_w = torch_reference(feeds, H, need_weights=True, average=False)
+    assert np.isnan(ref).any(), "the reference must have NaN rows for this test to mean anything"
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isnan(w), np.isnan(ref_w))
+    assert_close(np.nan_to_num(out, nan=0.0), np.nan_to_num(ref, nan=0.0))
+    assert_close(np.nan_to_num(w, nan=0.0), np.nan_to_num(ref_w, nan=0.0))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("kind", ["kpm_bool", "kpm_float", "am_bool3"])
+def test_fully_masked_rows_zero_mode_matches_pytorch_sdpa(kind, with_bias):
+    feeds, H = _fully_masked_feeds(kind, with_bias)
+    out, w = run(feeds, H, need_weights=True, average_attn_weights=0)  # default "zero"
+    ref, _ = torch_reference(feeds, H, need_weights=False)
+    assert not np.isnan(out).any() and not np.isnan(w).any()
+    assert_close(out, ref)
+    if kind.startswith("kpm"):
+        bo = feeds["out_proj_bias"] if with_bias else np.zeros(16, np.float32)
+        assert_close(out[1], np.broadcast_to(bo, out[1].shape))
+        assert (w[1] == 0).all()
+    else:
+        assert (w[1, 2, 3] == 0).all() and w[1, 2, 2].sum() == pytest.approx(1, rel=1e-5)
+    # Without the weights output, the one-pass kernel gives the same.
+    (out2,) = run(feeds, H)
+    assert_close(out2, ref)
+
+
+def test_all_minus_inf_float_mask_row_with_extra_key():
+    """A float mask of -inf on every given key leaves the extra (bias_kv) key: not fully masked."""
+    B, L, S, E, H = 2, 3, 4, 16, 2
+    feeds = make_feeds(B, L, S, E, H, seed=17, bias_kv=True, attn_mask="float2")
+    feeds["attn_mask"][1] = -np.inf
+    for nw in (False, True):
+        res = run(feeds, H, need_weights=nw, fully_masked_row="nan")
+        ref, ref_w = torch_reference(feeds, H, need_weights=True)
+        assert not np.isnan(res[0]).any()
+        assert_close(res[0], ref)
+        if nw:
+            assert_close(res[1], ref_w)
+
+
+def test_huge_negative_float_mask_is_stable():
+    """Scores shifted by -1e30 everywhere must not underflow to a 0/0 (max-subtracted softmax)."""
+    B, L, S, E, H = 2, 4, 6, 16, 2
+    feeds = make_feeds(B, L, S, E, H, seed=19, attn_mask="float2")
+    feeds["attn_mask"] = (feeds["attn_mask"] - 1e30).astype(np.float32)
+    out, w = run(feeds, H, need_weights=True)
+    ref, ref_w = torch_reference(feeds, H, need_weights=True)
+    assert_close(out, ref)
+    assert_close(w, ref_w)
+
+
+@pytest.mark.parametrize("mode", ["zero", "nan"])
+@pytest.mark.parametrize("shape", [(0, 4, 5), (2, 0, 5), (2, 4, 0), (0, 0, 0)],
+                         ids=lambda s: "B%d_L%d_S%d" % s)
+def test_empty(shape, mode):
+    B, L, S = shape
+    E, H = 8, 2
+    feeds = make_feeds(B, L, S, E, H, seed=23, kpm="bool", attn_mask="float2")
+    for average in (1, 0):
+        out, w = run(feeds, H, need_weights=True, fully_masked_row=mode,
+                     average_attn_weights=average)
+        assert out.shape == (B, L, E)
+        assert w.shape == ((B, L, S) if average else (B, H, L, S))
+        if S == 0 and B * L > 0:
+            # S' = 0: the "zero" answer in both modes: output rows = out_proj_bias.
+            assert_close(out, np.broadcast_to(feeds["out_proj_bias"], out.shape))
+    if S == 0 and B * L > 0:
+        # With an extra key S' = 1 > 0: ordinary attention over the zero key.
+        out, w = run(feeds, H, need_weights=True, fully_masked_row=mode, add_zero_attn=1)
+        ref, ref_w = torch_reference(feeds, H, add_zero_attn=True, need_weights=True)
+        assert_close(out, ref)
+        assert_close(w, ref_w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+def _good():
+    return make_feeds(2, 5, 9, 16, 4, seed=29, kpm="bool", attn_mask="bool2")
+
+
+def _check_error_then_good(bad: dict, good: dict, H: int, needle: str, **attrs):
+    """`bad` and `good` must fit the same graph; the error names the input; the same session
+    then still works."""
+    sess = session(make_model(good, H, **attrs))
+    with pytest.raises(Exception) as exc:
+        sess.run(None, {k: v for k, v in bad.items() if v is not None})
+    msg = str(exc.value)
+    assert needle in msg, msg
+    assert "MaskedMHA" in msg, msg
+    (out,) = sess.run(None, {k: v for k, v in good.items() if v is not None})
+    ref, _ = torch_reference(good, H)
+    assert_close(out, ref)
+    return msg
+
+
+def test_error_wrong_mask_length():
+    good = _good()
+    bad = dict(good, key_padding_mask=good["key_padding_mask"][:, :7])
+    msg = _check_error_then_good(bad, good, 4, "'key_padding_mask'")
+    assert "[2,7]" in msg and "[2,9]" in msg
+
+
+def test_error_wrong_attn_mask_shape():
+    good = _good()
+    bad = dict(good, attn_mask=good["attn_mask"][:, :8])
+    _check_error_then_good(bad, good, 4, "'attn_mask'")
+
+
+def test_error_attn_mask_wrong_rank():
+    good = _good()
+    bad = dict(good, attn_mask=good["attn_mask"][None, None])
+    sess_msg = None
+    with pytest.raises(Exception) as exc:
+        run(bad, 4)
+    sess_msg = str(exc.value)
+    assert "'attn_mask'" in sess_msg and "rank" in sess_msg
+
+
+def test_error_wrong_key_width():
+    good = _good()
+    bad = dict(good, key=np.zeros((2, 9, 12), np.float32))
+    msg = _check_error_then_good(bad, good, 4, "'key'")
+    assert "[2,9,12]" in msg
+
+
+def test_error_wrong_batch_of_value():
+    good = _good()
+    bad = dict(good, value=np.zeros((3, 9, 16), np.float32))
+    _check_error_then_good(bad, good, 4, "'value'")
+
+
+def test_error_wrong_rank_query():
+    good = _good()
+    bad = dict(good, query=good["query"][0])
+    # The graph declares rank 3 for query; ORT itself checks ranks of graph inputs, so use a
+    # graph without rank information to reach the kernel.
+    model = make_model(good, 4)
+    m = onnx.load_from_string(model)
+    m.graph.input[0].type.tensor_type.ClearField("shape")
+    sess = session(m.SerializeToString())
+    with pytest.raises(Exception) as exc:
+        sess.run(None, {k: v for k, v in bad.items() if v is not None})
+    assert "'query'" in str(exc.value) and "rank" in str(exc.value)
+    (out,) = sess.run(None, {k: v for k, v in good.items() if v is not None})
+    assert_close(out, torch_reference(good, 4)[0])
+
+
+def test_error_wrong_weight_shape():
+    good = _good()
+    bad = dict(good, in_proj_weight=good["in_proj_weight"][:40])
+    _check_error_then_good(bad, good, 4, "'in_proj_weight'")
+
+
+def test_error_embed_dim_not_divisible_by_heads():
+    good = make_feeds(2, 3, 3, 15, 5, seed=1)
+    sess = session(make_model(good, 4))
+    with pytest.raises(Exception) as exc:
+        sess.run(None, good)
+    assert "num_heads" in str(exc.value)
+
+
+def test_error_int32_mask():
+    good = _good()
+    bad = dict(good, key_padding_mask=good["key_padding_mask"].astype(np.int32))
+    with pytest.raises(Exception) as exc:
+        run(bad, 4)
+    msg = str(exc.value)
+    assert "'key_padding_mask'" in msg and "tensor(int32)" in msg, msg
+    # A good input still works in the same process.
+    (out,) = run(good, 4)
+    assert_close(out, torch_reference(good, 4)[0])
+
+
+def test_error_float64_query():
+    """Inputs 0-10 are declared tensor(float) in the op schema, so ORT rejects a double query
+    when the session is created; its message names the node input's value and the type."""
+    good = _good()
+    bad = dict(good, query=good["query"].astype(np.float64))
+    m = onnx.load_from_string(make_model(bad, 4))
+    m.graph.input[0].name = m.graph.node[0].input[0] = "query_f64"
+    with pytest.raises(Exception) as exc:
+        session(m.SerializeToString())
+    msg = str(exc.value)
+    assert "query_f64" in msg and "tensor(double)" in msg, msg
+    (out,) = run(good, 4)
+    assert_close(out, torch_reference(good, 4)[0])
+
+
+def test_error_missing_k_proj_weight():
+    good = make_feeds(2, 5, 9, 16, 4, seed=31, kdim=8, vdim=12)
+    bad = dict(good, k_proj_weight=None)
+    with pytest.raises(Exception) as exc:
+        run(bad, 4)
+    msg = str(exc.value)
+    assert "'k_proj_weight'" in msg and "'v_proj_weight'" in msg, msg
+    (out,) = run(good, 4)
+    assert_close(out, torch_reference(good, 4)[0])
+
+
+def test_error_missing_bias_v():
+    good = make_feeds(2, 5, 9, 16, 4, seed=37, bias_kv=True)
+    bad = dict(good, bias_v=None)
+    with pytest.raises(Exception) as exc:
+        run(bad, 4)
+    assert "'bias_v'" in str(exc.value)
+
+
+@pytest.mark.parametrize("attrs,needle", [
+    (dict(fully_masked_row="maybe"), "fully_masked_row"),
+    (dict(is_causal=2), "is_causal"),
+])
+def test_error_bad_attributes(attrs, needle):
+    with pytest.raises(Exception) as exc:
+        run(_good(), 4, **attrs)
+    assert needle in str(exc.value)
+
+
+def test_error_num_heads_missing():
+    feeds = _good()
+    model = onnx.load_from_string(make_model(feeds, 4))
+    del model.graph.node[0].attribute[:]
+    with pytest.raises(Exception) as exc:
+        session(model.SerializeToString()).run(None, feeds)
+    assert "num_heads" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tests can fail
+
+def test_reference_detects_wrong_output():
+    """Guard against tautologies: a perturbed kernel answer or a different config is caught."""
+    feeds = make_feeds(2, 5, 7, 16, 4, seed=41, kpm="bool")
+    (out,) = run(feeds, 4)
+    ref, _ = torch_reference(feeds, 4)
+    with pytest.raises(AssertionError):
+        assert_close(out * (1 + 1e-4), ref)
+    ref_nomask, _ = torch_reference(dict(feeds, key_padding_mask=None), 4)
+    with pytest.raises(AssertionError):
+        assert_close(out, ref_nomask)
+
+
+def test_threads_give_same_answer():
+    feeds = make_feeds(4, 70, 90, 32, 4, seed=43, kpm="bool", attn_mask="float3")
+    model = make_model(feeds, 4, need_weights=True)
+    r1 = session(model, threads=1).run(None, feeds)
+    r2 = session(model, threads=2).run(None, feeds)
+    for a, b in zip(r1, r2):
+        assert_close(a, b, rtol=1e-6, atol=1e-7)
