@@ -1,0 +1,132 @@
+"""Progress lines while running, and latest.json / latest.md / latest.png at the end."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from alternatives import ALTERNATIVES
+
+SHORT = {"fused": "fused", "decomposed": "decomp", "ort_attention": "ort_attn", "ort_mha": "ort_mha",
+         "onnx_attention": "onnx_attn", "torch": "torch"}
+
+
+def cell(r: dict | None, key: str = "median_ms", fmt: str = "{:.2f}") -> str:
+    """A number when the alternative ran and matched PyTorch, else why not (n/a, FAIL, error)."""
+    if r is None:
+        return "–"
+    if r["status"] != "ok":
+        return r["status"]
+    v = r.get(key)
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def speedup_text(res: dict) -> str:
+    s = res.get("speedup")
+    return f"{s:.2f}× vs {res['best_alt']}" if s else "–"
+
+
+# --- progress table ---------------------------------------------------------------------------
+_W = 44
+
+
+def progress_header(alts) -> str:
+    cols = "".join(f"{SHORT[a]:>10}" for a in alts)
+    line = f"{'point':<{_W}}{cols}  {'speed-up':<26}{'fused GF/s':>11}{'%peak':>7}"
+    return line + "\n" + "-" * len(line)
+
+
+def progress_row(res: dict, alts) -> str:
+    cols = "".join(f"{cell(res['alts'].get(a)):>10}" for a in alts)
+    f = res["alts"].get("fused", {})
+    return (f"{res['point']['label']:<{_W}}{cols}  {speedup_text(res):<26}"
+            f"{cell(f, 'gflops', '{:.1f}'):>11}{cell(f, 'pct_peak', '{:.1f}'):>7}")
+
+
+# --- files ------------------------------------------------------------------------------------
+def write_json(path: str, meta: dict, results: list) -> None:
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+
+
+def markdown(meta: dict, results: list) -> str:
+    alts = [a for a in ALTERNATIVES if a in meta["alternatives"]]
+    peak = meta["sgemm_peak_gflops"]
+    out = [f"Run {meta['date']} · commit {meta['commit']} · {meta['threads']} threads · grid "
+           f"`{meta['grid']}` · onnxruntime {meta['onnxruntime']} · torch {meta['torch']} · "
+           f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of 5 before and 5 after the grid, same threads)", ""]
+    out += ["**Median latency (ms)**, interleaved round-robin on the same inputs; speed-up = best "
+            "alternative's ms / fused ms (> 1: fused is faster).", ""]
+    out.append("| point | " + " | ".join(alts) + " | speed-up |")
+    out.append("|---|" + "---:|" * len(alts) + "---|")
+    for r in results:
+        out.append(f"| {r['point']['label']} | " + " | ".join(cell(r["alts"].get(a)) for a in alts)
+                   + f" | {speedup_text(r)} |")
+    out += ["", "**Dense-equivalent GFLOP/s (% of sgemm peak)**: projections + attention counted as "
+            "if nothing were padded or masked.", ""]
+    out.append("| point | GFLOP | " + " | ".join(alts) + " |")
+    out.append("|---|---:|" + "---:|" * len(alts))
+    for r in results:
+        cells = []
+        for a in alts:
+            x = r["alts"].get(a)
+            cells.append(cell(x, "gflops", "{:.0f}") + (f" ({x['pct_peak']:.0f}%)" if x and x["status"] == "ok" else ""))
+        out.append(f"| {r['point']['label']} | {r['flops'] / 1e9:.2f} | " + " | ".join(cells) + " |")
+    if any("peak_mb" in x for r in results for x in r["alts"].values()):
+        out += ["", "**Peak memory (MB)** above a baseline, per alternative in a fresh process "
+                "(session or module creation + 3 runs; see README).", ""]
+        out.append("| point | " + " | ".join(alts) + " |")
+        out.append("|---|" + "---:|" * len(alts))
+        for r in results:
+            out.append(f"| {r['point']['label']} | " + " | ".join(
+                cell(r["alts"].get(a), "peak_mb", "{:.1f}") for a in alts) + " |")
+    notes = sorted({f"{a}: {x['status']} — {x['note']}" for r in results for a, x in r["alts"].items()
+                    if x["status"] != "ok" and x.get("note")})
+    if notes:
+        out += ["", "Not timed:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def plot(path: str, meta: dict, results: list) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    others = [a for a in ALTERNATIVES if a != "fused" and a in meta["alternatives"]]
+    labels = [r["point"]["label"] for r in results]
+    x = np.arange(len(results))
+    w = 0.8 / max(len(others), 1)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(10, 0.9 * len(results) + 4), 10), sharex=True)
+    for i, a in enumerate(others):
+        sp = []
+        for r in results:
+            f, o = r["alts"].get("fused"), r["alts"].get(a)
+            ok = f and o and f["status"] == o["status"] == "ok"
+            sp.append(o["median_ms"] / f["median_ms"] if ok else np.nan)
+        ax1.bar(x + (i - (len(others) - 1) / 2) * w, sp, w, label=a)
+    ax1.axhline(1.0, color="k", lw=0.8)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("alternative ms / fused ms  (>1: fused faster)")
+    ax1.set_title(f"MaskedMHA fused kernel vs alternatives — {meta['threads']} threads, {meta['date']}")
+    ax1.legend(fontsize=8, ncol=3)
+    for i, a in enumerate(["fused"] + others):
+        pct = [r["alts"][a]["pct_peak"] if r["alts"].get(a, {}).get("status") == "ok" else np.nan
+               for r in results]
+        ax2.bar(x + (i - len(others) / 2) * (0.8 / (len(others) + 1)), pct, 0.8 / (len(others) + 1), label=a)
+    ax2.set_ylabel(f"% of sgemm peak ({meta['sgemm_peak_gflops']:.0f} GFLOP/s)")
+    ax2.legend(fontsize=8, ncol=3)
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_all(out_dir: str, meta: dict, results: list) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "latest.json"), meta, results)
+    with open(os.path.join(out_dir, "latest.md"), "w") as f:
+        f.write(markdown(meta, results))
+    if results:
+        plot(os.path.join(out_dir, "latest.png"), meta, results)

@@ -1,0 +1,184 @@
+"""Benchmark the fused MaskedMHA kernel against ONNX Runtime's attention ops, the decomposed
+graph and PyTorch eager, interleaved, on the same inputs and weights.
+
+    python benchmarks/run.py [--threads 2] [--grid quick|full|anchors|tiny] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+import alternatives as A  # noqa: E402
+import graphs  # noqa: E402
+import memory  # noqa: E402
+import report  # noqa: E402
+import timing  # noqa: E402
+from grid import GRIDS, Point  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+
+
+def prepare(p: Point, alts, w, feeds, threads, spin):
+    """Build, run once and check every alternative.  Returns (runners that matched PyTorch,
+    per-alternative result dicts, ONNX models by name)."""
+    ref = A.reference(p, w, feeds)
+    runners, res, models = {}, {}, {}
+    for name in alts:
+        try:
+            if name != "torch":
+                models[name] = A.model_for(name, p, w)
+            runner = A.make_runner(name, p, w, feeds, threads, spin, models.get(name))
+            ok, abs_diff, rel = A.check(runner(), ref)
+        except graphs.NotApplicable as exc:
+            res[name] = {"status": "n/a", "note": str(exc)}
+            continue
+        except NotImplementedError as exc:
+            res[name] = {"status": "n/a", "note": _short(exc)}
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported, never timed
+            res[name] = {"status": "error", "note": _short(exc)}
+            continue
+        res[name] = {"status": "ok" if ok else "FAIL", "max_abs_diff": abs_diff, "rel_diff": rel}
+        if ok:
+            runners[name] = runner
+        else:
+            res[name]["note"] = f"max |diff| {abs_diff:.3g} (relative {rel:.3g} > {A.REL_TOL:g}) vs PyTorch"
+    return runners, res, models
+
+
+def measure_memory(p, w, feeds, models, res, threads, library):
+    with tempfile.TemporaryDirectory(prefix="mha_mem_") as d:
+        np.savez(os.path.join(d, "feeds.npz"), **feeds)
+        np.savez(os.path.join(d, "weights.npz"), w_in=w.w_in, b_in=w.b_in, w_out=w.w_out, b_out=w.b_out)
+        with open(os.path.join(d, "point.json"), "w") as f:
+            f.write(__import__("json").dumps({k: getattr(p, k) for k in ("B", "L", "E", "H", "cross", "pad", "mask")}))
+        for name, m in models.items():
+            onnx.save(m, os.path.join(d, f"{name}.onnx"))
+        for name, r in res.items():
+            if r["status"] != "ok":
+                continue
+            m = memory.measure(d, name, threads, library=library if name == "fused" else None)
+            if "error" in m:
+                r["peak_mb_error"] = m["error"]
+            else:
+                r["peak_mb"] = m["peak_mb"]
+
+
+def bench_point(p: Point, args, peak: float, library) -> dict:
+    w = graphs.make_weights(p.E, seed=args.seed)
+    feeds = graphs.make_inputs(p, seed=args.seed + 1)
+    runners, res, models = prepare(p, args.alternatives, w, feeds, args.threads, args.spin)
+    samples = timing.interleaved(runners, budget_s=args.budget, min_reps=args.min_reps)
+    for name, ms in samples.items():
+        res[name].update(timing.summary(ms))
+        res[name]["gflops"] = p.flops / (res[name]["median_ms"] * 1e-3) / 1e9
+        res[name]["pct_peak"] = 100 * res[name]["gflops"] / peak
+    del runners
+    gc.collect()
+    if args.memory:
+        measure_memory(p, w, feeds, models, res, args.threads, library)
+    out = {"point": p.as_dict(), "flops": p.flops, "alts": res, "best_alt": None, "speedup": None}
+    others = {a: r["median_ms"] for a, r in res.items() if a != "fused" and r["status"] == "ok"}
+    if others:
+        best = min(others, key=others.get)
+        out["best_alt"] = best
+        if res.get("fused", {}).get("status") == "ok":
+            out["speedup"] = others[best] / res["fused"]["median_ms"]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads and torch threads (default 2)")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="quick")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for latest.{json,md,png}")
+    ap.add_argument("--alternatives", default=",".join(A.ALTERNATIVES),
+                    help="comma-separated subset of " + ",".join(A.ALTERNATIVES))
+    ap.add_argument("--filter", default="", help="only points whose label contains this text")
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per point (default 4)")
+    ap.add_argument("--min-reps", type=int, default=7, help="at least this many runs per alternative")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory children")
+    ap.add_argument("--spin", action="store_true", help="let ORT's intra-op threads spin between runs")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    args.alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip()]
+    unknown = set(args.alternatives) - set(A.ALTERNATIVES)
+    if unknown:
+        ap.error(f"unknown alternatives: {sorted(unknown)}")
+    os.makedirs(args.out, exist_ok=True)
+    points = [p for p in GRIDS[args.grid]() if args.filter in p.label]
+
+    torch.set_num_threads(args.threads)
+    try:
+        library = A.library_path()
+    except Exception as exc:  # noqa: BLE001 - fused is then reported as an error per point
+        library = None
+        print(f"warning: {_short(exc)}", file=sys.stderr)
+    peak = timing.sgemm_peak_gflops(args.threads)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                 text=True).stdout.strip() or "?",
+        "threads": args.threads, "grid": args.grid, "alternatives": args.alternatives,
+        "spin": args.spin, "budget_s": args.budget, "library": library,
+        "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
+        "python": platform.python_version(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+        "sgemm_peak_gflops": peak, "rel_tol": A.REL_TOL,
+    }
+    print(f"{len(points)} points, {args.threads} threads, sgemm peak {peak:.0f} GFLOP/s\n")
+    print(report.progress_header(args.alternatives), flush=True)
+    results = []
+    for p in points:
+        try:
+            r = bench_point(p, args, peak, library)
+        except Exception:  # noqa: BLE001 - one broken point must not lose the others
+            traceback.print_exc()
+            continue
+        results.append(r)
+        print(report.progress_row(r, args.alternatives), flush=True)
+        report.write_json(os.path.join(args.out, "latest.json"), meta, results)
+    # The peak is the best of a measurement before and one after the grid (the machine is shared).
+    meta["sgemm_peak_gflops_start"] = peak
+    meta["sgemm_peak_gflops_end"] = timing.sgemm_peak_gflops(args.threads)
+    meta["sgemm_peak_gflops"] = peak = max(peak, meta["sgemm_peak_gflops_end"])
+    for r in results:
+        for x in r["alts"].values():
+            if "gflops" in x:
+                x["pct_peak"] = 100 * x["gflops"] / peak
+    report.write_all(args.out, meta, results)
+    print(f"\nwrote {args.out}/latest.json, latest.md, latest.png")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
