@@ -40,6 +40,76 @@ def _type_table(model: onnx.ModelProto) -> dict:
     return table
 
 
+def _shape_table(model: onnx.ModelProto) -> dict:
+    """name -> list of dims (int, str or None) for every value with a known shape."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001
+        inferred = model
+    shapes = {}
+    for graph in (model.graph, inferred.graph):
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape") and vi.name not in shapes:
+                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else
+                                   (d.dim_param or None) for d in tt.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _annotate_outputs(model: onnx.ModelProto, nodes_cfgs) -> None:
+    """Give MaskedMHA outputs their shapes (from the inputs' shapes) and replace the placeholder
+    dims an exporter invented for them (e.g. ``MaskedMHA11_dim_0``) everywhere in the graph."""
+    shapes = _shape_table(model)
+    g = model.graph
+    by_name = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
+    rename = {}
+    for node, cfg in nodes_cfgs:
+        q, k = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not q or len(q) != 3:
+            continue
+        extra = int(cfg.bias_kv) + int(cfg.add_zero_attn)
+        s = k[1] if k and len(k) == 3 else None
+        if extra and s is not None:
+            s = s + extra if isinstance(s, int) else None
+        wanted = [q]
+        if cfg.weights:
+            wanted.append([q[0], q[1], s] if cfg.weights == "avg" else
+                          [q[0], cfg.num_heads, q[1], s])
+        for out, dims in zip(node.output, wanted):
+            if not out:
+                continue
+            vi = by_name.get(out)
+            if vi is None:
+                vi = g.value_info.add()
+                vi.name = out
+                by_name[out] = vi
+            tt = vi.type.tensor_type
+            tt.elem_type = TensorProto.FLOAT
+            old = [d.dim_param for d in tt.shape.dim] if tt.HasField("shape") else []
+            for o, n in zip(old, dims):
+                if o and n is not None and o != n:
+                    rename[o] = n
+            tt.ClearField("shape")
+            tt.shape.SetInParent()
+            for dval in dims:
+                d = tt.shape.dim.add()
+                if isinstance(dval, int):
+                    d.dim_value = dval
+                elif dval:
+                    d.dim_param = dval
+    if rename:
+        for vi in list(g.value_info) + list(g.output):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.dim_param in rename:
+                    new = rename[d.dim_param]
+                    if isinstance(new, int):
+                        d.dim_value = new
+                    else:
+                        d.dim_param = new
+
+
 def _mask_kind(name, table, what, node):
     if name not in table:
         raise ValueError(f"maskedmha: cannot tell the element type of {what} {name!r} of node "
@@ -99,6 +169,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.functions[:]
     model.functions.extend(keep)
     configs = {}
+    nodes_cfgs = []
     for node in mha_nodes(model):
         ins = list(node.input)
         while ins and not ins[-1]:
@@ -108,6 +179,8 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         cfg = node_config(node, table)
         node.overload = cfg.id
         configs.setdefault(cfg.id, cfg)
+        nodes_cfgs.append((node, cfg))
+    _annotate_outputs(model, nodes_cfgs)
     for cfg in configs.values():
         model.functions.append(build_function(cfg, opset))
     if configs:

@@ -153,7 +153,9 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
                 v = b.op("Concat", [v, ext], "v", axis=1)
 
     # --- heads: q (B,H,L,D), kT (B,H,D,S'), v (B,H,S',D) --------------------------------
-    heads = b.ints(0, 0, H, -1)
+    # explicit sizes, not -1: Reshape cannot infer -1 when B, L or S is 0
+    e_dim = b.dim(w_out, 0)
+    heads = b.op("Concat", [b.ints(0, 0, H), b.op("Div", [e_dim, b.ints(H)])], axis=0)
     q4 = b.transpose(b.op("Reshape", [q, heads]), (0, 2, 1, 3))
     kT = b.transpose(b.op("Reshape", [k, heads]), (0, 2, 3, 1))
     v4 = b.transpose(b.op("Reshape", [v, heads]), (0, 2, 1, 3))
@@ -175,7 +177,8 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
     if cfg.am:
         m = _canon(b, am, cfg.am[1])
         if cfg.am[0] == "3":   # (B*H, L, S) -> (B, H, L, S)
-            m = b.op("Reshape", [m, b.op("Concat", [b.ints(-1, H), b.dim(am, 1, 3)], axis=0)])
+            m = b.op("Reshape", [m, b.op("Concat", [b.dim(query, 0), b.ints(H),
+                                                    b.dim(am, 1, 3)], axis=0)])
         mask = m
     if cfg.kpm:
         m = _canon(b, kpm, cfg.kpm)
@@ -208,7 +211,7 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
 
     # --- output ------------------------------------------------------------------------------
     o = b.op("MatMul", [p, v4], "o")                                  # (B,H,L,D)
-    o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), b.ints(0, 0, -1)], "o")  # (B,L,E)
+    o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), b.op("Concat", [b.ints(0, 0), e_dim], axis=0)], "o")  # (B,L,E)
     out = b.op("MatMul", [o, b.transpose(w_out, (1, 0))], "out")
     outputs = ["output"]
     if cfg.out_bias:

@@ -1,0 +1,231 @@
+"""The standard-op fallback (one FunctionProto per configuration) and maskedmha.decompose, on
+single-node MaskedMHA models built by hand: every configuration the op allows, opsets 17..23,
+run on stock ORT at several shapes against the op's torch reference."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import maskedmha
+from maskedmha.symbolic.attach import attach_functions
+from maskedmha.symbolic.fallback import Config, build_function
+from maskedmha.symbolic.mha_call import INPUT_NAMES, reference
+
+E, H, KD, VD = 12, 3, 10, 6
+
+
+def make_model(cfg: Config, opset: int) -> onnx.ModelProto:
+    """One MaskedMHA node (no functions yet) with every present input a graph input."""
+    kd, vd = (E, E) if cfg.packed else (KD, VD)
+    f32, b = TensorProto.FLOAT, TensorProto.BOOL
+    specs = {
+        "query": (f32, ["B", "L", E]), "key": (f32, ["B", "S", kd]),
+        "value": (f32, ["B", "S", vd]),
+        "in_proj_weight": (f32, [3 * E if cfg.packed else E, E]),
+        "k_proj_weight": (f32, [E, KD]) if not cfg.packed else None,
+        "v_proj_weight": (f32, [E, VD]) if not cfg.packed else None,
+        "in_proj_bias": (f32, [3 * E]) if cfg.in_bias else None,
+        "out_proj_weight": (f32, [E, E]),
+        "out_proj_bias": (f32, [E]) if cfg.out_bias else None,
+        "bias_k": (f32, [E]) if cfg.bias_kv else None,
+        "bias_v": (f32, [E]) if cfg.bias_kv else None,
+        "key_padding_mask": ((b if cfg.kpm == "b" else f32, ["B", "S"]) if cfg.kpm else None),
+        "attn_mask": None,
+    }
+    if cfg.am:
+        specs["attn_mask"] = (b if cfg.am[1] == "b" else f32,
+                              ["L", "S"] if cfg.am[0] == "2" else ["BH", "L", "S"])
+    inputs = [helper.make_tensor_value_info(n, *specs[n]) for n in INPUT_NAMES if specs[n]]
+    node_inputs = [n if specs[n] else "" for n in INPUT_NAMES]
+    outputs = [helper.make_tensor_value_info("output", f32, None)]
+    if cfg.weights:
+        outputs.append(helper.make_tensor_value_info("attn_weights", f32, None))
+    node = helper.make_node(
+        "MaskedMHA", node_inputs, [o.name for o in outputs], domain=maskedmha.DOMAIN,
+        num_heads=cfg.num_heads, is_causal=int(cfg.is_causal),
+        add_zero_attn=int(cfg.add_zero_attn), fully_masked_row="nan" if cfg.nan else "zero",
+        average_attn_weights=int(cfg.weights != "all"))
+    graph = helper.make_graph([node], "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                   helper.make_opsetid(maskedmha.DOMAIN, 1)],
+                             ir_version=10)
+
+
+def make_feeds(cfg: Config, B, L, S, seed, fully_masked=False):
+    rng = np.random.default_rng(seed)
+    kd, vd = (E, E) if cfg.packed else (KD, VD)
+    f = {"query": rng.standard_normal((B, L, E)), "key": rng.standard_normal((B, S, kd)),
+         "value": rng.standard_normal((B, S, vd)),
+         "in_proj_weight": rng.standard_normal((3 * E if cfg.packed else E, E)) * 0.3,
+         "out_proj_weight": rng.standard_normal((E, E)) * 0.3}
+    if not cfg.packed:
+        f["k_proj_weight"] = rng.standard_normal((E, KD)) * 0.3
+        f["v_proj_weight"] = rng.standard_normal((E, VD)) * 0.3
+    if cfg.in_bias:
+        f["in_proj_bias"] = rng.standard_normal(3 * E)
+    if cfg.out_bias:
+        f["out_proj_bias"] = rng.standard_normal(E)
+    if cfg.bias_kv:
+        f["bias_k"], f["bias_v"] = rng.standard_normal(E), rng.standard_normal(E)
+    f = {k: v.astype(np.float32) for k, v in f.items()}
+    if cfg.kpm:
+        m = rng.random((B, S)) < 0.3
+        if S:
+            m[:, 0] = False
+        if fully_masked and B:
+            m[-1, :] = True
+        f["key_padding_mask"] = m if cfg.kpm == "b" else np.where(
+            m, -np.inf, rng.standard_normal((B, S))).astype(np.float32)
+    if cfg.am:
+        shape = (L, S) if cfg.am[0] == "2" else (B * cfg.num_heads, L, S)
+        m = rng.random(shape) < 0.3
+        if S:
+            m[..., 0] = False
+        f["attn_mask"] = m if cfg.am[1] == "b" else np.where(
+            m, -np.inf, rng.standard_normal(shape)).astype(np.float32)
+    return f
+
+
+def torch_reference(cfg: Config, feeds):
+    args = [torch.from_numpy(feeds[n]) if n in feeds else None for n in INPUT_NAMES]
+    out, w = reference(*args, num_heads=cfg.num_heads, is_causal=int(cfg.is_causal),
+                       add_zero_attn=int(cfg.add_zero_attn),
+                       fully_masked_row="nan" if cfg.nan else "zero",
+                       average_attn_weights=int(cfg.weights != "all"))
+    return [out.numpy()] + ([w.numpy()] if cfg.weights else [])
+
+
+def run_stock(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def assert_same(got, ref, what):
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape, what
+        assert np.array_equal(np.isnan(g), np.isnan(r)), what
+        np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(r), rtol=1e-5, atol=2e-5,
+                                   err_msg=what)
+
+
+CONFIGS = [
+    Config(num_heads=H),
+    Config(num_heads=H, packed=False, in_bias=False, out_bias=False, kpm="f", am="3b",
+           weights="all"),
+    Config(num_heads=H, bias_kv=True, add_zero_attn=True, kpm="b", am="2f", nan=True,
+           weights="avg"),
+    Config(num_heads=H, am="3f", kpm="b", weights="avg", nan=True),
+    Config(num_heads=H, am="2b", bias_kv=True, weights="all"),
+    Config(num_heads=H, is_causal=True),
+    Config(num_heads=H, is_causal=True, add_zero_attn=True, kpm="b", weights="avg"),
+    Config(num_heads=1, packed=False, add_zero_attn=True, kpm="b", am="3f"),
+]
+
+
+@pytest.mark.parametrize("opset", [17, 18, 20, 23])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.id)
+def test_fallback_matches_reference(cfg, opset):
+    model = attach_functions(make_model(cfg, opset))
+    assert [f.overload for f in model.functions] == [cfg.id]
+    assert model.graph.node[0].overload == cfg.id
+    onnx.checker.check_model(model, full_check=True)
+    dec = maskedmha.decompose(model)
+    onnx.checker.check_model(dec, full_check=True)
+    assert all(n.domain in ("", "ai.onnx") for n in dec.graph.node)
+    assert not dec.functions
+    for i, (B, L, S) in enumerate([(2, 4, 5), (3, 1, 7), (1, 6, 2)]):
+        feeds = make_feeds(cfg, B, L, S, seed=i, fully_masked=(i == 0))
+        ref = torch_reference(cfg, feeds)
+        assert_same(run_stock(model, feeds), ref, f"{cfg.id} opset {opset} fallback {B,L,S}")
+        assert_same(run_stock(dec, feeds), ref, f"{cfg.id} opset {opset} decomposed {B,L,S}")
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_fully_masked_rows(nan):
+    cfg = Config(num_heads=H, kpm="b", am="2b", nan=nan, weights="avg")
+    model = attach_functions(make_model(cfg, 18))
+    feeds = make_feeds(cfg, 2, 3, 4, seed=0, fully_masked=True)
+    out, w = run_stock(model, feeds)
+    if nan:
+        assert np.isnan(out[-1]).all() and np.isnan(w[-1]).all()
+    else:  # attention contributes 0: the row equals out_proj_bias; weights 0
+        np.testing.assert_allclose(out[-1], np.broadcast_to(feeds["out_proj_bias"], (3, E)),
+                                   rtol=1e-6)
+        assert (w[-1] == 0).all()
+    assert np.isfinite(out[0]).all()
+
+
+@pytest.mark.parametrize("B,L,S", [(0, 3, 4), (2, 0, 4), (2, 3, 0)])
+def test_empty_tensors(B, L, S):
+    cfg = Config(num_heads=H, kpm="b", weights="avg", nan=True)
+    model = attach_functions(make_model(cfg, 18))
+    feeds = make_feeds(cfg, B, L, S, seed=0)
+    assert_same(run_stock(model, feeds), torch_reference(cfg, feeds), f"{B,L,S}")
+
+
+def test_decompose_attaches_missing_functions_and_keeps_input_model():
+    cfg = Config(num_heads=H, kpm="b", am="3f", weights="all")
+    bare = make_model(cfg, 18)  # no functions, no overload
+    before = bare.SerializeToString()
+    dec = maskedmha.decompose(bare)
+    assert bare.SerializeToString() == before
+    onnx.checker.check_model(dec, full_check=True)
+    assert not any(i.domain == maskedmha.DOMAIN for i in dec.opset_import)
+    feeds = make_feeds(cfg, 2, 3, 4, seed=1)
+    assert_same(run_stock(dec, feeds), torch_reference(cfg, feeds), "decomposed bare model")
+
+
+def test_two_configs_in_one_model_get_their_own_functions():
+    a = Config(num_heads=H, kpm="b")
+    b = Config(num_heads=H, am="2f", weights="all")
+    ma, mb = make_model(a, 18), make_model(b, 18)
+    # chain: b's query is a's output
+    nb = mb.graph.node[0]
+    nb.input[0] = "output"
+    for i, o in enumerate(nb.output):
+        nb.output[i] = "b_" + o
+    graph = ma.graph
+    graph.node.append(nb)
+    names = {i.name for i in graph.input}
+    graph.input.extend([i for i in mb.graph.input if i.name not in names and i.name != "query"])
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info("b_output", TensorProto.FLOAT, None),
+                         helper.make_tensor_value_info("b_attn_weights", TensorProto.FLOAT,
+                                                       None)])
+    model = attach_functions(ma)
+    attach_functions(model)  # idempotent
+    assert sorted(f.overload for f in model.functions) == sorted([a.id, b.id])
+    onnx.checker.check_model(model, full_check=True)
+    fa, fb = make_feeds(a, 2, 3, 3, seed=0), make_feeds(b, 2, 3, 3, seed=1)
+    feeds = dict(fb)
+    feeds.update(fa)
+    got = run_stock(model, feeds)
+    ref_a = torch_reference(a, fa)[0]
+    fb2 = dict(fb)
+    fb2.update({k: fa[k] for k in ("key", "value", "in_proj_weight", "in_proj_bias",
+                                   "out_proj_weight", "out_proj_bias")})
+    fb2["query"] = ref_a
+    ref_b = torch_reference(b, fb2)
+    assert_same(got, ref_b, "chained")
+    assert_same(run_stock(maskedmha.decompose(model), feeds), ref_b, "chained, decomposed")
+
+
+def test_unsupported_opset_is_a_clear_error():
+    with pytest.raises(ValueError, match="opset 16"):
+        build_function(Config(num_heads=2), 16)
+
+
+def test_config_ids_are_distinct():
+    flags = list(itertools.product([True, False], repeat=4))
+    ids = {Config(num_heads=2, packed=p, in_bias=ib, out_bias=ob, bias_kv=bkv).id
+           for p, ib, ob, bkv in flags}
+    assert len(ids) == len(flags)
+    assert Config(num_heads=8, in_bias=True, out_bias=True, kpm="b", am="3f",
+                  weights="avg").id == "h8.packed.ib.ob.kpm_b.am3_f.w_avg"
