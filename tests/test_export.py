@@ -30,10 +30,23 @@ def no_fastpath():
         torch.backends.mha.set_fastpath_enabled(old)
 
 
-def ort_run(model: onnx.ModelProto, feeds: dict):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def ort_run(model, feeds: dict):
+    sess = model if isinstance(model, ort.InferenceSession) else ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+KERNEL = os.environ.get("MASKEDMHA_LIBRARY")
+
+
+def runs(saved, dec):
+    """(label, model or session) pairs to check: stock ORT on the file and on decompose(), and
+    the fused kernel when MASKEDMHA_LIBRARY names a build."""
+    out = [("fallback", saved), ("decomposed", dec)]
+    if KERNEL:
+        out.append(("kernel", maskedmha.InferenceSession(saved.SerializeToString())))
+    return out
 
 
 def count_mha(model):
@@ -184,16 +197,17 @@ def test_mha_alone(name, exporter, tmp_path):
             ref = model(q, k, v, kpm, am)
         refs = ref if isinstance(ref, tuple) else (ref,)
         feeds = feeds_of(q, k, v, kpm, am)
-        for label, m in (("fallback", saved), ("decomposed", dec)):
+        for label, m in runs(saved, dec):
             got = ort_run(m, feeds)
             assert len(got) == len(refs)
             for gi, ri in zip(got, refs):
                 close(gi, ri, f"{name} {exporter} {label} at B,L,S={B},{L},{S}")
 
 
-def test_unbatched_inputs():
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_unbatched_inputs(batch_first):
     torch.manual_seed(0)
-    mha = nn.MultiheadAttention(E, H, batch_first=True).eval()
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first).eval()
     model = MHACall(mha, False, True, False, False).eval()
     L, S = 4, 6
     args = (torch.randn(L, E), torch.randn(S, E), torch.randn(S, E), torch.rand(S) < 0.3,
@@ -323,7 +337,7 @@ def test_transformers(kind, batch_first, exporter):
         with torch.no_grad(), no_fastpath():
             ref = model(**feeds_t)
         feeds = {k: v.numpy() for k, v in feeds_t.items()}
-        for label, m in (("fallback", saved), ("decomposed", dec)):
+        for label, m in runs(saved, dec):
             close(ort_run(m, feeds)[0], ref, f"{kind} {exporter} {label} B,S,T={B},{S},{T}")
 
 
@@ -371,3 +385,41 @@ def test_fused_kernel_matches(exporter):
     with torch.no_grad(), no_fastpath():
         ref = model(**feeds_t)
     close(sess.run(None, {k: v.numpy() for k, v in feeds_t.items()})[0], ref, exporter)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_explicit_causal_hint_in_decoder(exporter):
+    """tgt_is_causal=True without a target padding mask: PyTorch takes SDPA's is_causal path
+    (the mask is dropped), so the decoder self-attention node gets is_causal=1 and no mask."""
+    torch.manual_seed(0)
+    model = nn.TransformerDecoderLayer(E, H, 32, dropout=0.0, batch_first=True).eval()
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = model
+
+        def forward(self, tgt, memory, tgt_mask):
+            return self.layer(tgt, memory, tgt_mask=tgt_mask, tgt_is_causal=True)
+
+    def args(B, T, S, seed):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(B, T, E, generator=g), torch.randn(B, S, E, generator=g),
+                nn.Transformer.generate_square_subsequent_mask(T))
+
+    axes = {"tgt": {0: "B", 1: "T"}, "memory": {0: "B", 1: "S"}, "tgt_mask": [0, 1]}
+    proto = maskedmha.export(Wrap().eval(), args(2, 5, 4, 0), dynamic_axes=axes,
+                             exporter=exporter)
+    nodes = [n for n in proto.graph.node if n.op_type == "MaskedMHA"]
+    causal = [n for n in nodes
+              if any(a.name == "is_causal" and a.i == 1 for a in n.attribute)]
+    assert len(nodes) == 2 and len(causal) == 1
+    assert len([i for i in causal[0].input if i]) < 13 and "causal" in causal[0].overload
+    assert [i.name for i in proto.graph.input][:2] == ["tgt", "memory"]  # default names
+    for i, (B, T, S) in enumerate([(2, 5, 4), (3, 7, 2)]):
+        a = args(B, T, S, i)
+        with torch.no_grad(), no_fastpath():
+            ref = Wrap().eval()(*a)
+        feeds = {n: t.numpy() for n, t in zip(["tgt", "memory", "tgt_mask"], a)}
+        for label, m in runs(proto, maskedmha.decompose(proto)):
+            close(ort_run(m, feeds)[0], ref, f"{exporter} {label} {B, T, S}")

@@ -23,13 +23,33 @@ def _flat_inputs(args, kwargs):
     return items
 
 
-def _resolve_input_names(args, kwargs, input_names):
+def _default_names(model, args, kwargs):
+    """The forward's parameter names for the top-level arguments (``name_i`` for *args)."""
+    try:
+        sig = inspect.signature(model.forward)
+        bound = sig.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return [f"input_{i}" for i in range(len(args))] + list(kwargs)
+    names = []
+    for pname, value in bound.arguments.items():
+        kind = sig.parameters[pname].kind
+        if kind == inspect.Parameter.VAR_POSITIONAL:
+            names += [f"{pname}_{i}" for i in range(len(value))]
+        elif kind == inspect.Parameter.VAR_KEYWORD:
+            names += list(value)
+        elif pname not in kwargs:
+            names.append(pname)
+    return names[:len(args)] + list(kwargs)
+
+
+def _resolve_input_names(model, args, kwargs, input_names):
     """Names for the graph's tensor inputs (non-None tensors, in order).  ``input_names`` may
-    name either those tensors only (torch.onnx's convention) or every argument, None ones too."""
+    name either those tensors only (torch.onnx's convention) or every argument, None ones too;
+    by default the forward's parameter names are used (the same for both exporters)."""
     items = _flat_inputs(args, kwargs)
     tensors = [(k, v) for k, v in items if isinstance(v, torch.Tensor)]
     if input_names is None:
-        return None, tensors
+        input_names = _default_names(model, args, kwargs)
     names = list(input_names)
     if len(names) == len(items) and len(items) != len(tensors):
         names = [n for (k, v), n in zip(items, names) if isinstance(v, torch.Tensor)]
@@ -54,10 +74,6 @@ def _dynamic_shapes(model, args, kwargs, names, tensors, dynamic_axes):
     for (label, t), name in zip(tensors, names or []):
         if name in dynamic_axes:
             by_label[label] = {a: dyn for a in _axes(dynamic_axes[name]) if a < t.dim()}
-    unknown = set(dynamic_axes) - set(names or [])
-    if unknown and names is not None:
-        # output names are handled after export; anything else is a typo
-        pass
     sig = inspect.signature(model.forward)
     bound = sig.bind(*args, **kwargs)
     result = {}
@@ -142,10 +158,16 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
     if not isinstance(args, tuple):
         args = (args,)
     kwargs = dict(kwargs or {})
-    names, tensors = _resolve_input_names(args, kwargs, input_names)
-    if dynamic_axes and names is None:
-        raise ValueError("maskedmha.export: dynamic_axes needs input_names")
+    names, tensors = _resolve_input_names(model, args, kwargs, input_names)
     output_names = list(output_names) if output_names is not None else None
+    if dynamic_axes:
+        known = set(names) | set(output_names or [])
+        absent = set(input_names or _default_names(model, args, kwargs)) - known
+        unknown = set(dynamic_axes) - known - absent
+        if unknown:
+            warnings.warn(f"maskedmha.export: dynamic_axes names {sorted(unknown)} are neither "
+                          "input nor output names; ignored", stacklevel=2)
+        dynamic_axes = {k: v for k, v in dynamic_axes.items() if k in known}
 
     was_training = model.training
     if was_training:
