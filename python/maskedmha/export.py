@@ -169,10 +169,11 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
                           "input nor output names; ignored", stacklevel=2)
         dynamic_axes = {k: v for k, v in dynamic_axes.items() if k in known}
 
-    was_training = model.training
-    if was_training:
-        warnings.warn("maskedmha.export: the model is in training mode; exporting it in eval() "
-                      "mode (dropout off)", stacklevel=2)
+    modes = [(m, m.training) for m in model.modules()]
+    if any(t for _, t in modes):
+        warnings.warn("maskedmha.export: the model is (partly) in training mode; exporting it "
+                      "in eval() mode (dropout off); its modes are restored afterwards",
+                      stacklevel=2)
         model.eval()
     try:
         with torch.no_grad(), patched(exporter):
@@ -183,8 +184,8 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
                 proto = _export_dynamo(model, args, kwargs, names, tensors, output_names,
                                        dynamic_axes, opset_version)
     finally:
-        if was_training:
-            model.train()
+        for m, training in modes:
+            m.training = training
 
     _rename_dims(proto, dynamic_axes, names, output_names)
     attach_functions(proto)
