@@ -36,9 +36,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 struct Scratch {
-  std::vector<float> qs, acc, kt, s, m, l, zeros;
-  std::vector<const float*> vrow;
-  std::vector<int64_t> col;
+  std::vector<float> qs, acc, s, m, l;
 };
 
 Scratch& LocalScratch() {
@@ -46,69 +44,159 @@ Scratch& LocalScratch() {
   return s;
 }
 
-struct KeyView {
-  int64_t n_given;   // keys of this batch item that survive compaction
-  int64_t row_base;  // first row of them in k / v
-  int64_t total;     // n_given + extra keys
+// Keys of every batch item laid out once for all query blocks (built by PrepareKeys):
+//  * kt: per (b, h) a (D x Tpad) transposed key matrix, Tpad = T_b rounded up to kKB, padded
+//    with zero columns, so the score loop runs over whole kKB-wide blocks of contiguous keys;
+//  * vrow / col: per key t of batch b, the start of its value row (head 0) and its column in
+//    the S' key axis (original position for given keys, S + e for extra key e).
+struct KeyLayout {
+  std::vector<int64_t> total;   // T_b: keys of batch b that take part (given + extra)
+  std::vector<int64_t> tpad;    // T_b rounded up to kKB
+  std::vector<int64_t> kt_off;  // offset of (b, h=0) in kt; head h adds h * D * tpad[b]
+  std::vector<int64_t> key_off; // offset of batch b in vrow / col
+  std::vector<float> kt;
+  std::vector<const float*> vrow;
+  std::vector<int64_t> col;
+  std::vector<float> zeros;
 };
 
-// Loads key block [t0, t0 + nk): transposed keys into kt, value row pointers, original columns.
-static inline __attribute__((always_inline)) void LoadKeyBlock(const AttentionArgs& a,
-                                                               const KeyView& kv, int64_t h,
-                                                               int64_t t0, int64_t nk,
-                                                               Scratch& sc) {
-  const int64_t D = a.D;
-  for (int64_t c = 0; c < nk; ++c) {
-    const int64_t t = t0 + c;
-    const float* kp;
-    const float* vp;
-    int64_t col;
-    if (t < kv.n_given) {
-      const int64_t row = kv.row_base + t;
-      kp = a.k + row * a.k_stride + h * D;
-      vp = a.v + row * a.v_stride + h * D;
-      col = a.key_index ? a.key_index[row] : t;
-    } else {
-      const int64_t e = t - kv.n_given;  // 0: bias_kv (if any), then the zero key
-      if (a.bias_k && e == 0) {
-        kp = a.bias_k + h * D;
-        vp = a.bias_v + h * D;
+void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par) {
+  const int64_t B = a.B, H = a.H, D = a.D, E = H * D;
+  const int64_t X = (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
+  kl->total.resize(B);
+  kl->tpad.resize(B);
+  kl->kt_off.resize(B);
+  kl->key_off.resize(B + 1);
+  int64_t kt_size = 0, keys = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = a.kv_offset ? a.kv_offset[b + 1] - a.kv_offset[b] : a.S;
+    kl->total[b] = n + X;
+    kl->tpad[b] = (kl->total[b] + kKB - 1) / kKB * kKB;
+    kl->kt_off[b] = kt_size;
+    kl->key_off[b] = keys;
+    kt_size += H * D * kl->tpad[b];
+    keys += kl->total[b];
+  }
+  kl->key_off[B] = keys;
+  kl->kt.resize(static_cast<size_t>(kt_size));
+  kl->vrow.resize(static_cast<size_t>(keys));
+  kl->col.resize(static_cast<size_t>(keys));
+  kl->zeros.assign(static_cast<size_t>(std::max<int64_t>(E, 1)), 0.0f);
+  const float* zero = kl->zeros.data();
+
+  par.For(static_cast<size_t>(B * H), [&](size_t task) {
+    const int64_t b = static_cast<int64_t>(task) / H, h = static_cast<int64_t>(task) % H;
+    const int64_t n = kl->total[b] - X;
+    const int64_t row_base = a.kv_offset ? a.kv_offset[b] : b * a.S;
+    const int64_t tp = kl->tpad[b];
+    float* kt = kl->kt.data() + kl->kt_off[b] + h * D * tp;
+    for (int64_t t = 0; t < kl->total[b]; ++t) {
+      const float* kp;
+      if (t < n) {
+        const int64_t row = row_base + t;
+        kp = a.k + row * a.k_stride;
+        if (h == 0) {
+          kl->vrow[kl->key_off[b] + t] = a.v + row * a.v_stride;
+          kl->col[kl->key_off[b] + t] = a.key_index ? a.key_index[row] : t;
+        }
       } else {
-        kp = vp = sc.zeros.data();
+        const int64_t e = t - n;  // 0: bias_kv (if any), then the zero key
+        const bool is_bias = a.bias_k && e == 0;
+        kp = is_bias ? a.bias_k : zero;
+        if (h == 0) {
+          kl->vrow[kl->key_off[b] + t] = is_bias ? a.bias_v : zero;
+          kl->col[kl->key_off[b] + t] = a.S + e;
+        }
       }
-      col = a.S + e;
+      kp += h * D;
+      for (int64_t d = 0; d < D; ++d) kt[d * tp + t] = kp[d];
     }
-    for (int64_t d = 0; d < D; ++d) sc.kt[d * kKB + c] = kp[d];
-    sc.vrow[c] = vp;
-    sc.col[c] = col;
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t t = kl->total[b]; t < tp; ++t) kt[d * tp + t] = 0.0f;
+  });
+}
+
+// s[r][0..kKB) = q[r] . kt[:, block] for RB rows at once: RB x CW accumulators stay in
+// registers across the whole D loop (CW = columns per chunk, a multiple of the vector width).
+template <int RB, int CW>
+static inline __attribute__((always_inline)) void ScoreRows(const float* q, int64_t D,
+                                                            const float* kt, int64_t ldk,
+                                                            float* s) {
+  for (int c0 = 0; c0 < kKB; c0 += CW) {
+    float acc[RB][CW];
+    for (int r = 0; r < RB; ++r)
+      for (int j = 0; j < CW; ++j) acc[r][j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float* kd = kt + d * ldk + c0;
+      for (int r = 0; r < RB; ++r) {
+        const float qv = q[r * D + d];
+        for (int j = 0; j < CW; ++j) acc[r][j] += qv * kd[j];
+      }
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int j = 0; j < CW; ++j) s[r * kKB + c0 + j] = acc[r][j];
   }
 }
 
-// Scores for rows [i0, i0 + nq) against the loaded block, with masks applied.
-static inline __attribute__((always_inline)) void BlockScores(const AttentionArgs& a, int64_t b,
-                                                              int64_t h, int64_t i0, int64_t nq,
-                                                              int64_t nk, Scratch& sc) {
-  const int64_t D = a.D;
-  for (int64_t r = 0; r < nq; ++r) {
-    float* srow = sc.s.data() + r * kKB;
-    const float* qrow = sc.qs.data() + r * D;
-    for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
-    for (int64_t d = 0; d < D; ++d) {
-      const float qv = qrow[d];
-      const float* ktd = sc.kt.data() + d * kKB;
-      for (int64_t c = 0; c < nk; ++c) srow[c] += qv * ktd[c];
+// o[r][:] += sum_c p[r][c] * v_c[:] for RB rows, D walked in CW-wide register chunks.
+template <int RB, int CW>
+static inline __attribute__((always_inline)) void AccumulatePV(const float* p, int64_t nk,
+                                                               const float* const* vrow,
+                                                               int64_t voff, int64_t D,
+                                                               float* o) {
+  int64_t d0 = 0;
+  for (; d0 + CW <= D; d0 += CW) {
+    float acc[RB][CW];
+    for (int r = 0; r < RB; ++r)
+      for (int j = 0; j < CW; ++j) acc[r][j] = o[r * D + d0 + j];
+    for (int64_t c = 0; c < nk; ++c) {
+      const float* v = vrow[c] + voff + d0;
+      for (int r = 0; r < RB; ++r) {
+        const float pv = p[r * kKB + c];
+        for (int j = 0; j < CW; ++j) acc[r][j] += pv * v[j];
+      }
     }
+    for (int r = 0; r < RB; ++r)
+      for (int j = 0; j < CW; ++j) o[r * D + d0 + j] = acc[r][j];
   }
+  if (d0 < D) {
+    for (int r = 0; r < RB; ++r)
+      for (int64_t c = 0; c < nk; ++c) {
+        const float pv = p[r * kKB + c];
+        const float* v = vrow[c] + voff;
+        for (int64_t d = d0; d < D; ++d) o[r * D + d] += pv * v[d];
+      }
+  }
+}
+
+// Scores of rows [0, nq) of the task against key block [t0, t0 + nk), masks applied.
+template <int RB, int CW>
+static inline __attribute__((always_inline)) void BlockScores(const AttentionArgs& a,
+                                                              const KeyLayout& kl, int64_t b,
+                                                              int64_t h, int64_t i0, int64_t nq,
+                                                              int64_t t0, int64_t nk,
+                                                              Scratch& sc) {
+  const int64_t D = a.D, tp = kl.tpad[b];
+  const float* kt = kl.kt.data() + kl.kt_off[b] + h * D * tp + t0;
+  int64_t r = 0;
+  for (; r + RB <= nq; r += RB)
+    ScoreRows<RB, CW>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
+  for (; r < nq; ++r) ScoreRows<1, CW>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
+
+  if (nk < kKB)  // padding columns (zero keys) take no part
+    for (int64_t rr = 0; rr < nq; ++rr)
+      for (int64_t c = nk; c < kKB; ++c) sc.s[rr * kKB + c] = kNegInf;
   if (!a.kpm && !a.attn_mask && !a.causal) return;
+  const int64_t* col = kl.col.data() + kl.key_off[b] + t0;
   const float* kpm_row = a.kpm ? a.kpm + b * a.S : nullptr;
-  for (int64_t r = 0; r < nq; ++r) {
-    const int64_t i = i0 + r;
-    float* srow = sc.s.data() + r * kKB;
+  for (int64_t rr = 0; rr < nq; ++rr) {
+    const int64_t i = i0 + rr;
+    float* srow = sc.s.data() + rr * kKB;
     const float* am_row = nullptr;
     if (a.attn_mask)
       am_row = a.attn_mask + ((a.attn_mask_3d ? (b * a.H + h) * a.L : 0) + i) * a.S;
     for (int64_t c = 0; c < nk; ++c) {
-      const int64_t j = sc.col[c];
+      const int64_t j = col[c];
       if (j < a.S) {
         float add = 0.0f;
         if (kpm_row) add += kpm_row[j];
@@ -120,88 +208,124 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   }
 }
 
-static inline __attribute__((always_inline)) float Exp(float x) { return std::exp(x); }
+template <int RB, int CW>
+static inline __attribute__((always_inline)) void BlockPV(const KeyLayout& kl, int64_t b,
+                                                          int64_t h, int64_t D, int64_t nq,
+                                                          int64_t t0, int64_t nk, Scratch& sc) {
+  const float* const* vrow = kl.vrow.data() + kl.key_off[b] + t0;
+  int64_t r = 0;
+  for (; r + RB <= nq; r += RB)
+    AccumulatePV<RB, CW>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
+  for (; r < nq; ++r)
+    AccumulatePV<1, CW>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
+}
 
-template <bool kWeights>
-static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a, int64_t b,
+// exp(x) for x <= 0 (the argument is always score - running max), written so GCC vectorises
+// it: Cephes-style range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n built
+// from the exponent bits.  Relative error ~2e-7.  x < -87 gives ~0 (callers map -inf scores to
+// exactly 0 themselves); NaN stays NaN.
+static inline __attribute__((always_inline)) float Exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  // n = round(x / ln2) with the 1.5 * 2^23 trick (exact in round-to-nearest, no -ffast-math).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Row statistics over a whole kKB block (padding columns hold -inf), in kLanes independent
+// lanes so the loops vectorise; the lanes are combined at the end.
+constexpr int kLanes = 16;
+
+static inline __attribute__((always_inline)) float BlockMax(const float* s) {
+  float lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = kNegInf;
+  for (int c = 0; c < kKB; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] = s[c + j] > lane[j] ? s[c + j] : lane[j];
+  float mx = kNegInf;
+  for (int j = 0; j < kLanes; ++j) mx = lane[j] > mx ? lane[j] : mx;
+  return mx;
+}
+
+// p = exp(s - m) (0 where s = -inf), optionally times `mul`; stores p over s; returns sum(p).
+static inline __attribute__((always_inline)) float BlockExp(float* s, float m, float mul) {
+  float lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = 0.0f;
+  for (int c = 0; c < kKB; c += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float v = s[c + j];
+      const float p = (v == kNegInf) ? 0.0f : Exp(v - m) * mul;
+      s[c + j] = p;
+      lane[j] += p;
+    }
+  float sum = 0.0f;
+  for (int j = 0; j < kLanes; ++j) sum += lane[j];
+  return sum;
+}
+
+template <bool kWeights, int RB, int CW>
+static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a,
+                                                           const KeyLayout& kl, int64_t b,
                                                            int64_t h, int64_t i0, int64_t nq) {
   const int64_t D = a.D;
   Scratch& sc = LocalScratch();
   sc.qs.resize(kQB * D);
   sc.acc.assign(kQB * D, 0.0f);
-  sc.kt.resize(std::max<int64_t>(1, D) * kKB);
   sc.s.resize(kQB * kKB);
   sc.m.assign(kQB, kNegInf);
   sc.l.assign(kQB, 0.0f);
-  sc.vrow.resize(kKB);
-  sc.col.resize(kKB);
-  if (sc.zeros.size() < static_cast<size_t>(D)) sc.zeros.assign(D, 0.0f);
 
   for (int64_t r = 0; r < nq; ++r) {
     const float* q = a.q + (b * a.L + i0 + r) * a.q_stride + h * D;
     float* qs = sc.qs.data() + r * D;
     for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
   }
-
-  KeyView kv;
-  if (a.kv_offset) {
-    kv.row_base = a.kv_offset[b];
-    kv.n_given = a.kv_offset[b + 1] - a.kv_offset[b];
-  } else {
-    kv.row_base = b * a.S;
-    kv.n_given = a.S;
-  }
-  kv.total = kv.n_given + (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
+  const int64_t total = kl.total[b];
   const int64_t Sp = a.S + (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
-
+  const int64_t* cols = kl.col.data() + kl.key_off[b];
   float* m = sc.m.data();
   float* l = sc.l.data();
 
   if (!kWeights) {
     // One pass, online softmax.
-    for (int64_t t0 = 0; t0 < kv.total; t0 += kKB) {
-      const int64_t nk = std::min(kKB, kv.total - t0);
-      LoadKeyBlock(a, kv, h, t0, nk, sc);
-      BlockScores(a, b, h, i0, nq, nk, sc);
+    for (int64_t t0 = 0; t0 < total; t0 += kKB) {
+      const int64_t nk = std::min(kKB, total - t0);
+      BlockScores<RB, CW>(a, kl, b, h, i0, nq, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
-        float mx = kNegInf;
-        for (int64_t c = 0; c < nk; ++c) mx = srow[c] > mx ? srow[c] : mx;
+        const float mx = BlockMax(srow);
         const float mnew = mx > m[r] ? mx : m[r];
-        const float alpha = (mnew == m[r]) ? 1.0f : Exp(m[r] - mnew);
-        float sum = 0.0f;
-        for (int64_t c = 0; c < nk; ++c) {
-          const float p = (srow[c] == kNegInf) ? 0.0f : Exp(srow[c] - mnew);
-          srow[c] = p;
-          sum += p;
-        }
+        const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
+        const float sum = BlockExp(srow, mnew, 1.0f);
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
-        float* acc = sc.acc.data() + r * D;
-        if (alpha != 1.0f)
+        if (alpha != 1.0f) {
+          float* acc = sc.acc.data() + r * D;
           for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
-        for (int64_t c = 0; c < nk; ++c) {
-          const float p = srow[c];
-          const float* vp = sc.vrow[c];
-          for (int64_t d = 0; d < D; ++d) acc[d] += p * vp[d];
         }
       }
+      BlockPV<RB, CW>(kl, b, h, D, nq, t0, nk, sc);
     }
   } else {
     // Pass 1: row max and normaliser.
-    for (int64_t t0 = 0; t0 < kv.total; t0 += kKB) {
-      const int64_t nk = std::min(kKB, kv.total - t0);
-      LoadKeyBlock(a, kv, h, t0, nk, sc);
-      BlockScores(a, b, h, i0, nq, nk, sc);
+    for (int64_t t0 = 0; t0 < total; t0 += kKB) {
+      const int64_t nk = std::min(kKB, total - t0);
+      BlockScores<RB, CW>(a, kl, b, h, i0, nq, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
-        const float* srow = sc.s.data() + r * kKB;
-        float mx = kNegInf;
-        for (int64_t c = 0; c < nk; ++c) mx = srow[c] > mx ? srow[c] : mx;
+        float* srow = sc.s.data() + r * kKB;
+        const float mx = BlockMax(srow);
         const float mnew = mx > m[r] ? mx : m[r];
-        const float alpha = (mnew == m[r]) ? 1.0f : Exp(m[r] - mnew);
-        float sum = 0.0f;
-        for (int64_t c = 0; c < nk; ++c)
-          sum += (srow[c] == kNegInf) ? 0.0f : Exp(srow[c] - mnew);
+        const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
+        const float sum = BlockExp(srow, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
       }
@@ -212,27 +336,20 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
       std::fill(wrow, wrow + Sp, 0.0f);
     }
     // Pass 2: normalised probabilities, written out and applied to V.
-    for (int64_t t0 = 0; t0 < kv.total; t0 += kKB) {
-      const int64_t nk = std::min(kKB, kv.total - t0);
-      LoadKeyBlock(a, kv, h, t0, nk, sc);
-      BlockScores(a, b, h, i0, nq, nk, sc);
+    for (int64_t t0 = 0; t0 < total; t0 += kKB) {
+      const int64_t nk = std::min(kKB, total - t0);
+      BlockScores<RB, CW>(a, kl, b, h, i0, nq, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
-        if (l[r] == 0.0f) continue;  // fully masked, filled below
         float* srow = sc.s.data() + r * kKB;
-        const float inv = 1.0f / l[r];
+        if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
+          for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
+          continue;
+        }
+        BlockExp(srow, m[r], 1.0f / l[r]);
         float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
-        for (int64_t c = 0; c < nk; ++c) {
-          const float p = (srow[c] == kNegInf) ? 0.0f : Exp(srow[c] - m[r]) * inv;
-          srow[c] = p;
-          wrow[sc.col[c]] = p;
-        }
-        float* acc = sc.acc.data() + r * D;
-        for (int64_t c = 0; c < nk; ++c) {
-          const float p = srow[c];
-          const float* vp = sc.vrow[c];
-          for (int64_t d = 0; d < D; ++d) acc[d] += p * vp[d];
-        }
+        for (int64_t c = 0; c < nk; ++c) wrow[cols[t0 + c]] = srow[c];
       }
+      BlockPV<RB, CW>(kl, b, h, D, nq, t0, nk, sc);
     }
   }
 
@@ -257,24 +374,27 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
   }
 }
 
-using TaskFn = void (*)(const AttentionArgs&, int64_t, int64_t, int64_t, int64_t);
+using TaskFn = void (*)(const AttentionArgs&, const KeyLayout&, int64_t, int64_t, int64_t,
+                       int64_t);
 
-void TaskGeneric(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true>(a, b, h, i0, nq);
-  else TaskBody<false>(a, b, h, i0, nq);
+// Register tiles: RB rows x CW floats = 8 vector registers of accumulators for each ISA.
+void TaskGeneric(const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0,
+                 int64_t nq) {
+  if (a.weights) TaskBody<true, 4, 8>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 4, 8>(a, kl, b, h, i0, nq);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MASKEDMHA_X86_DISPATCH 1
-__attribute__((target("avx2,fma"))) void TaskAvx2(const AttentionArgs& a, int64_t b, int64_t h,
-                                                  int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true>(a, b, h, i0, nq);
-  else TaskBody<false>(a, b, h, i0, nq);
+__attribute__((target("avx2,fma"))) void TaskAvx2(const AttentionArgs& a, const KeyLayout& kl,
+                                                  int64_t b, int64_t h, int64_t i0, int64_t nq) {
+  if (a.weights) TaskBody<true, 4, 16>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 4, 16>(a, kl, b, h, i0, nq);
 }
 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TaskAvx512(
-    const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true>(a, b, h, i0, nq);
-  else TaskBody<false>(a, b, h, i0, nq);
+    const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0, int64_t nq) {
+  if (a.weights) TaskBody<true, 4, 32>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 4, 32>(a, kl, b, h, i0, nq);
 }
 #endif
 
@@ -292,6 +412,8 @@ TaskFn ChooseTask() {
 void Attention(const AttentionArgs& a, const Parallel& par) {
   if (a.B == 0 || a.L == 0 || a.H == 0) return;
   static const TaskFn task = ChooseTask();
+  KeyLayout kl;
+  PrepareKeys(a, &kl, par);
   const int64_t nqb = (a.L + kQB - 1) / kQB;
   const size_t n = static_cast<size_t>(a.B * a.H * nqb);
   par.For(n, [&](size_t t) {
@@ -299,7 +421,7 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
     const int64_t bh = static_cast<int64_t>(t) / nqb;
     const int64_t h = bh % a.H, b = bh / a.H;
     const int64_t i0 = qb * kQB;
-    task(a, b, h, i0, std::min(kQB, a.L - i0));
+    task(a, kl, b, h, i0, std::min(kQB, a.L - i0));
   });
 }
 
