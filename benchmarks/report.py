@@ -54,7 +54,7 @@ def markdown(meta: dict, results: list) -> str:
     peak = meta["sgemm_peak_gflops"]
     out = [f"Run {meta['date']} · commit {meta['commit']} · {meta['threads']} threads · grid "
            f"`{meta['grid']}` · onnxruntime {meta['onnxruntime']} · torch {meta['torch']} · "
-           f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best of 5 before and 5 after the grid, same threads)", ""]
+           f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best over the run: 5 before, 3 before each point, 5 after; same threads)", ""]
     out += ["**Median latency (ms)**, interleaved round-robin on the same inputs; speed-up = best "
             "alternative's ms / fused ms (> 1: fused is faster).", ""]
     out.append("| point | " + " | ".join(alts) + " | speed-up |")
@@ -91,8 +91,10 @@ def plot(path: str, meta: dict, results: list) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
+    colors = {a: f"C{i}" for i, a in enumerate(ALTERNATIVES)}
     others = [a for a in ALTERNATIVES if a != "fused" and a in meta["alternatives"]]
     labels = [r["point"]["label"] for r in results]
     x = np.arange(len(results))
@@ -104,17 +106,20 @@ def plot(path: str, meta: dict, results: list) -> None:
             f, o = r["alts"].get("fused"), r["alts"].get(a)
             ok = f and o and f["status"] == o["status"] == "ok"
             sp.append(o["median_ms"] / f["median_ms"] if ok else np.nan)
-        ax1.bar(x + (i - (len(others) - 1) / 2) * w, sp, w, label=a)
+        ax1.bar(x + (i - (len(others) - 1) / 2) * w, sp, w, label=a, color=colors[a])
     ax1.axhline(1.0, color="k", lw=0.8)
     ax1.set_yscale("log")
+    ax1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax1.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
     ax1.set_ylabel("alternative ms / fused ms  (>1: fused faster)")
     ax1.set_title(f"MaskedMHA fused kernel vs alternatives — {meta['threads']} threads, {meta['date']}")
     ax1.legend(fontsize=8, ncol=3)
     for i, a in enumerate(["fused"] + others):
         pct = [r["alts"][a]["pct_peak"] if r["alts"].get(a, {}).get("status") == "ok" else np.nan
                for r in results]
-        ax2.bar(x + (i - len(others) / 2) * (0.8 / (len(others) + 1)), pct, 0.8 / (len(others) + 1), label=a)
-    ax2.set_ylabel(f"% of sgemm peak ({meta['sgemm_peak_gflops']:.0f} GFLOP/s)")
+        ax2.bar(x + (i - len(others) / 2) * (0.8 / (len(others) + 1)), pct, 0.8 / (len(others) + 1), label=a,
+                color=colors[a])
+    ax2.set_ylabel(f"dense-equivalent GFLOP/s, % of sgemm peak ({meta['sgemm_peak_gflops']:.0f})")
     ax2.legend(fontsize=8, ncol=3)
     ax2.set_xticks(x)
     ax2.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
@@ -130,3 +135,21 @@ def write_all(out_dir: str, meta: dict, results: list) -> None:
         f.write(markdown(meta, results))
     if results:
         plot(os.path.join(out_dir, "latest.png"), meta, results)
+
+
+BEGIN, END = "<!-- quick-grid results: begin (written by run.py) -->", "<!-- quick-grid results: end -->"
+
+
+def update_readme(readme: str, meta: dict, results: list, png_rel: str) -> bool:
+    """Replace the results section of benchmarks/README.md (between the markers)."""
+    if not os.path.exists(readme):
+        return False
+    with open(readme) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        return False
+    body = f"{BEGIN}\n{markdown(meta, results)}\n![speed-up and % of peak]({png_rel})\n{END}"
+    head, rest = text.split(BEGIN, 1)
+    with open(readme, "w") as f:
+        f.write(head + body + rest.split(END, 1)[1])
+    return True

@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     print(report.progress_header(args.alternatives), flush=True)
     results = []
     for p in points:
+        # The machine is shared: re-measure the sgemm peak (best of 3) before every point, keep the best.
+        peak = max(peak, timing.sgemm_peak_gflops(args.threads, repeats=3))
         try:
             r = bench_point(p, args, peak, library)
         except Exception:  # noqa: BLE001 - one broken point must not lose the others
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
         results.append(r)
         print(report.progress_row(r, args.alternatives), flush=True)
         report.write_json(os.path.join(args.out, "latest.json"), meta, results)
-    # The peak is the best of a measurement before and one after the grid (the machine is shared).
+    # The peak is the best of the measurements before, during and after the grid (shared machine).
     meta["sgemm_peak_gflops_start"] = peak
     meta["sgemm_peak_gflops_end"] = timing.sgemm_peak_gflops(args.threads)
     meta["sgemm_peak_gflops"] = peak = max(peak, meta["sgemm_peak_gflops_end"])
@@ -166,6 +168,10 @@ def main(argv=None) -> int:
                 x["pct_peak"] = 100 * x["gflops"] / peak
     report.write_all(args.out, meta, results)
     print(f"\nwrote {args.out}/latest.json, latest.md, latest.png")
+    default_out = os.path.realpath(args.out) == os.path.realpath(os.path.join(HERE, "results"))
+    if args.grid == "quick" and default_out and not args.filter and args.alternatives == A.ALTERNATIVES:
+        if report.update_readme(os.path.join(HERE, "README.md"), meta, results, "results/latest.png"):
+            print("updated the results section of benchmarks/README.md")
     return 0
 
 
