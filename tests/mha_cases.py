@@ -107,7 +107,8 @@ def _seq(case: Case, batch: int, length: int, dim: int, g: torch.Generator) -> t
 def _hidden(shape, g: torch.Generator, p: float) -> torch.Tensor:
     """Random True entries, never in key column 0, so no row is fully masked by accident."""
     h = torch.rand(shape, generator=g) < p
-    h[..., 0] = False
+    if shape[-1]:
+        h[..., 0] = False
     return h
 
 
@@ -126,7 +127,7 @@ def make_inputs(case: Case, batch: int, tgt: int, src: int, seed: int = 0) -> di
         args["value"] = _seq(case, batch, src, case.vdim or E, g)
     kpm = None
     if case.kpm:
-        valid = torch.randint(1, src + 1, (batch,), generator=g)
+        valid = torch.randint(min(1, src), src + 1, (batch,), generator=g)
         pad = torch.arange(src)[None, :] >= valid[:, None]
         kpm = pad if case.kpm == "bool" else torch.randn(batch, src, generator=g).masked_fill(pad, float("-inf"))
     args["key_padding_mask"] = kpm
