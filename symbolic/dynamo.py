@@ -64,7 +64,8 @@ def _(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_b
 def masked_mha_onnx(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                     in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
                     key_padding_mask, attn_mask, num_heads: int, is_causal: int,
-                    add_zero_attn: int, fully_masked_row: str, average_attn_weights: int) -> FLOAT:
+                    add_zero_attn: int, fully_masked_row: str,
+                    average_attn_weights: int) -> FLOAT:
     return _opset.MaskedMHA(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                             in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
                             key_padding_mask, attn_mask, num_heads=num_heads,
@@ -77,7 +78,8 @@ def masked_mha_onnx(query, key, value, in_proj_weight, k_proj_weight, v_proj_wei
 def masked_mha_w_onnx(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                       in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
                       key_padding_mask, attn_mask, num_heads: int, is_causal: int,
-                      add_zero_attn: int, fully_masked_row: str, average_attn_weights: int) -> tuple[FLOAT, FLOAT]:
+                      add_zero_attn: int, fully_masked_row: str,
+                      average_attn_weights: int) -> tuple[FLOAT, FLOAT]:
     out, weights = _opset.MaskedMHA(query, key, value, in_proj_weight, k_proj_weight,
                                     v_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                                     bias_k, bias_v, key_padding_mask, attn_mask,

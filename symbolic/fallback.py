@@ -211,7 +211,8 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
 
     # --- output ------------------------------------------------------------------------------
     o = b.op("MatMul", [p, v4], "o")                                  # (B,H,L,D)
-    o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), b.op("Concat", [b.ints(0, 0), e_dim], axis=0)], "o")  # (B,L,E)
+    shape_ble = b.op("Concat", [b.ints(0, 0), e_dim], axis=0)
+    o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), shape_ble], "o")  # (B,L,E)
     out = b.op("MatMul", [o, b.transpose(w_out, (1, 0))], "out")
     outputs = ["output"]
     if cfg.out_bias:

@@ -68,6 +68,9 @@ def build_call(mha: torch.nn.MultiheadAttention, query, key, value, key_padding_
         warnings.warn("maskedmha: exporting nn.MultiheadAttention in training mode; dropout is "
                       "ignored (the op is inference-only)", stacklevel=3)
     num_heads = mha.num_heads
+    if query.dtype != torch.float32 or mha.out_proj.weight.dtype != torch.float32:
+        raise TypeError(f"maskedmha: MaskedMHA version 1 is float32 only; got query "
+                        f"{query.dtype} and weights {mha.out_proj.weight.dtype}")
     is_batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask, num_heads)
     _check_mask_dtype(key_padding_mask, "key_padding_mask")
     _check_mask_dtype(attn_mask, "attn_mask")

@@ -137,7 +137,7 @@ def _export_dynamo(model, args, kwargs, names, tensors, output_names, dynamic_ax
                                 input_names=names, output_names=output_names,
                                 dynamic_shapes=dynamic_shapes, opset_version=opset_version,
                                 custom_translation_table=translation_table(), report=False,
-                                verify=False)
+                                verify=False, verbose=False)
     return program.model_proto
 
 
