@@ -62,6 +62,23 @@ def markdown(meta: dict, results: list) -> str:
     for r in results:
         out.append(f"| {r['point']['label']} | " + " | ".join(cell(r["alts"].get(a)) for a in alts)
                    + f" | {speedup_text(r)} |")
+    out += ["", "**Summary per alternative**: geometric mean over the points where both ran of "
+            "alternative ms / fused ms (> 1: fused faster), and where fused is faster.", ""]
+    out.append("| alternative | geo-mean alt/fused | fused faster at | fused slower at |")
+    out.append("|---|---:|---:|---|")
+    for a in alts:
+        if a == "fused":
+            continue
+        pairs = [(r["point"]["label"], r["alts"][a]["median_ms"] / r["alts"]["fused"]["median_ms"])
+                 for r in results if r["alts"].get(a, {}).get("status") == "ok"
+                 and r["alts"].get("fused", {}).get("status") == "ok"]
+        if not pairs:
+            out.append(f"| {a} | – | – | – |")
+            continue
+        gm = math.exp(sum(math.log(v) for _, v in pairs) / len(pairs))
+        slower = [lbl for lbl, v in pairs if v < 1]
+        slow_txt = "all" if len(slower) == len(pairs) else ("none" if not slower else "; ".join(slower))
+        out.append(f"| {a} | {gm:.2f}× | {len(pairs) - len(slower)}/{len(pairs)} | {slow_txt} |")
     out += ["", "**Dense-equivalent GFLOP/s (% of sgemm peak)**: projections + attention counted as "
             "if nothing were padded or masked.", ""]
     out.append("| point | GFLOP | " + " | ".join(alts) + " |")
