@@ -19,6 +19,8 @@
 // chosen once at run time.
 #include "attention.h"
 
+#include "cpu.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -116,48 +118,82 @@ void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par) {
   });
 }
 
-// s[r][0..kKB) = q[r] . kt[:, block] for RB rows at once: RB x CW accumulators stay in
-// registers across the whole D loop (CW = columns per chunk, a multiple of the vector width).
-template <int RB, int CW>
+// GCC/Clang vector extensions (no intrinsics): compiled as SSE, AVX2 or AVX-512 code depending on
+// the target of the dispatch function they are inlined into (GCC 12 did not reliably vectorise
+// the equivalent fixed-size scalar loops after unrolling them).
+typedef float V4 __attribute__((vector_size(16)));
+typedef float V8 __attribute__((vector_size(32)));
+typedef float V16 __attribute__((vector_size(64)));
+typedef int32_t I4 __attribute__((vector_size(16)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+template <typename V> struct IntVec;
+template <> struct IntVec<V4> { typedef I4 type; };
+template <> struct IntVec<V8> { typedef I8 type; };
+template <> struct IntVec<V16> { typedef I16 type; };
+
+template <typename V>
+static inline __attribute__((always_inline)) V Load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+static inline __attribute__((always_inline)) void Store(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename V>
+static inline __attribute__((always_inline)) V Splat(float x) {
+  return V{} + x;
+}
+
+// s[r][0..kKB) = q[r] . kt[:, block] for RB rows at once: RB x NV vector accumulators stay in
+// registers across the whole D loop.
+template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void ScoreRows(const float* q, int64_t D,
                                                             const float* kt, int64_t ldk,
                                                             float* s) {
+  constexpr int W = sizeof(V) / sizeof(float), CW = NV * W;
+  static_assert(kKB % CW == 0, "key block must be a whole number of chunks");
   for (int c0 = 0; c0 < kKB; c0 += CW) {
-    float acc[RB][CW];
+    V acc[RB][NV];
     for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < CW; ++j) acc[r][j] = 0.0f;
+      for (int v = 0; v < NV; ++v) acc[r][v] = V{};
     for (int64_t d = 0; d < D; ++d) {
-      const float* kd = kt + d * ldk + c0;
+      V kv[NV];
+      for (int v = 0; v < NV; ++v) kv[v] = Load<V>(kt + d * ldk + c0 + v * W);
       for (int r = 0; r < RB; ++r) {
         const float qv = q[r * D + d];
-        for (int j = 0; j < CW; ++j) acc[r][j] += qv * kd[j];
+        for (int v = 0; v < NV; ++v) acc[r][v] += qv * kv[v];
       }
     }
     for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < CW; ++j) s[r * kKB + c0 + j] = acc[r][j];
+      for (int v = 0; v < NV; ++v) Store<V>(s + r * kKB + c0 + v * W, acc[r][v]);
   }
 }
 
-// o[r][:] += sum_c p[r][c] * v_c[:] for RB rows, D walked in CW-wide register chunks.
-template <int RB, int CW>
+// o[r][:] += sum_c p[r][c] * v_c[:] for RB rows, D walked in NV-vector register chunks.
+template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void AccumulatePV(const float* p, int64_t nk,
                                                                const float* const* vrow,
                                                                int64_t voff, int64_t D,
                                                                float* o) {
+  constexpr int W = sizeof(V) / sizeof(float), CW = NV * W;
   int64_t d0 = 0;
   for (; d0 + CW <= D; d0 += CW) {
-    float acc[RB][CW];
+    V acc[RB][NV];
     for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < CW; ++j) acc[r][j] = o[r * D + d0 + j];
+      for (int v = 0; v < NV; ++v) acc[r][v] = Load<V>(o + r * D + d0 + v * W);
     for (int64_t c = 0; c < nk; ++c) {
-      const float* v = vrow[c] + voff + d0;
+      V vv[NV];
+      for (int v = 0; v < NV; ++v) vv[v] = Load<V>(vrow[c] + voff + d0 + v * W);
       for (int r = 0; r < RB; ++r) {
         const float pv = p[r * kKB + c];
-        for (int j = 0; j < CW; ++j) acc[r][j] += pv * v[j];
+        for (int v = 0; v < NV; ++v) acc[r][v] += pv * vv[v];
       }
     }
     for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < CW; ++j) o[r * D + d0 + j] = acc[r][j];
+      for (int v = 0; v < NV; ++v) Store<V>(o + r * D + d0 + v * W, acc[r][v]);
   }
   if (d0 < D) {
     for (int r = 0; r < RB; ++r)
@@ -170,7 +206,7 @@ static inline __attribute__((always_inline)) void AccumulatePV(const float* p, i
 }
 
 // Scores of rows [0, nq) of the task against key block [t0, t0 + nk), masks applied.
-template <int RB, int CW>
+template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockScores(const AttentionArgs& a,
                                                               const KeyLayout& kl, int64_t b,
                                                               int64_t h, int64_t i0, int64_t nq,
@@ -180,8 +216,8 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   const float* kt = kl.kt.data() + kl.kt_off[b] + h * D * tp + t0;
   int64_t r = 0;
   for (; r + RB <= nq; r += RB)
-    ScoreRows<RB, CW>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
-  for (; r < nq; ++r) ScoreRows<1, CW>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
+    ScoreRows<RB, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
+  for (; r < nq; ++r) ScoreRows<1, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
 
   if (nk < kKB)  // padding columns (zero keys) take no part
     for (int64_t rr = 0; rr < nq; ++rr)
@@ -208,71 +244,78 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   }
 }
 
-template <int RB, int CW>
+template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockPV(const KeyLayout& kl, int64_t b,
                                                           int64_t h, int64_t D, int64_t nq,
                                                           int64_t t0, int64_t nk, Scratch& sc) {
   const float* const* vrow = kl.vrow.data() + kl.key_off[b] + t0;
   int64_t r = 0;
   for (; r + RB <= nq; r += RB)
-    AccumulatePV<RB, CW>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
+    AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
   for (; r < nq; ++r)
-    AccumulatePV<1, CW>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
+    AccumulatePV<1, NV, V>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
 }
 
-// exp(x) for x <= 0 (the argument is always score - running max), written so GCC vectorises
-// it: Cephes-style range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n built
-// from the exponent bits.  Relative error ~2e-7.  x < -87 gives ~0 (callers map -inf scores to
+// exp(x) for x <= 0 (the argument is always score - running max), on a whole vector:
+// Cephes-style range reduction x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n built from
+// the exponent bits.  Relative error ~2e-7.  x < -87 gives ~1e-38 (callers map -inf scores to
 // exactly 0 themselves); NaN stays NaN.
-static inline __attribute__((always_inline)) float Exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
+template <typename V>
+static inline __attribute__((always_inline)) V ExpV(V x) {
+  typedef typename IntVec<V>::type VI;
+  const V lo = Splat<V>(-87.0f);
+  x = (x < lo) ? lo : x;  // NaN compares false and stays
   // n = round(x / ln2) with the 1.5 * 2^23 trick (exact in round-to-nearest, no -ffast-math).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+  const V magic = Splat<V>(12582912.0f);
+  const V n = (x * 1.44269504088896341f + magic) - magic;
+  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  V p = Splat<V>(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
   return p * scale;
 }
 
-// Row statistics over a whole kKB block (padding columns hold -inf), in kLanes independent
-// lanes so the loops vectorise; the lanes are combined at the end.
-constexpr int kLanes = 16;
-
+// Maximum of a whole kKB block (padding columns hold -inf; NaN is ignored here and propagates
+// through the exponentials instead).
+template <typename V>
 static inline __attribute__((always_inline)) float BlockMax(const float* s) {
-  float lane[kLanes];
-  for (int j = 0; j < kLanes; ++j) lane[j] = kNegInf;
-  for (int c = 0; c < kKB; c += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] = s[c + j] > lane[j] ? s[c + j] : lane[j];
+  constexpr int W = sizeof(V) / sizeof(float);
+  V lane = Splat<V>(kNegInf);
+  for (int c = 0; c < kKB; c += W) {
+    const V v = Load<V>(s + c);
+    lane = (v > lane) ? v : lane;
+  }
   float mx = kNegInf;
-  for (int j = 0; j < kLanes; ++j) mx = lane[j] > mx ? lane[j] : mx;
+  for (int j = 0; j < W; ++j) mx = lane[j] > mx ? lane[j] : mx;
   return mx;
 }
 
-// p = exp(s - m) (0 where s = -inf), optionally times `mul`; stores p over s; returns sum(p).
+// p = exp(s - m) * mul (exactly 0 where s = -inf), stored over s; returns sum(p).
+template <typename V>
 static inline __attribute__((always_inline)) float BlockExp(float* s, float m, float mul) {
-  float lane[kLanes];
-  for (int j = 0; j < kLanes; ++j) lane[j] = 0.0f;
-  for (int c = 0; c < kKB; c += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const float v = s[c + j];
-      const float p = (v == kNegInf) ? 0.0f : Exp(v - m) * mul;
-      s[c + j] = p;
-      lane[j] += p;
-    }
+  constexpr int W = sizeof(V) / sizeof(float);
+  const V ninf = Splat<V>(kNegInf), zero = V{};
+  V lane = V{};
+  for (int c = 0; c < kKB; c += W) {
+    const V v = Load<V>(s + c);
+    const V e = ExpV<V>(v - m) * mul;
+    const V p = (v == ninf) ? zero : e;
+    Store<V>(s + c, p);
+    lane += p;
+  }
   float sum = 0.0f;
-  for (int j = 0; j < kLanes; ++j) sum += lane[j];
+  for (int j = 0; j < W; ++j) sum += lane[j];
   return sum;
 }
 
-template <bool kWeights, int RB, int CW>
+template <bool kWeights, int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a,
                                                            const KeyLayout& kl, int64_t b,
                                                            int64_t h, int64_t i0, int64_t nq) {
@@ -299,13 +342,13 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
     // One pass, online softmax.
     for (int64_t t0 = 0; t0 < total; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, CW>(a, kl, b, h, i0, nq, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
-        const float mx = BlockMax(srow);
+        const float mx = BlockMax<V>(srow);
         const float mnew = mx > m[r] ? mx : m[r];
         const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const float sum = BlockExp(srow, mnew, 1.0f);
+        const float sum = BlockExp<V>(srow, mnew, 1.0f);
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
         if (alpha != 1.0f) {
@@ -313,19 +356,19 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
           for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
         }
       }
-      BlockPV<RB, CW>(kl, b, h, D, nq, t0, nk, sc);
+      BlockPV<RB, NV, V>(kl, b, h, D, nq, t0, nk, sc);
     }
   } else {
     // Pass 1: row max and normaliser.
     for (int64_t t0 = 0; t0 < total; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, CW>(a, kl, b, h, i0, nq, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
-        const float mx = BlockMax(srow);
+        const float mx = BlockMax<V>(srow);
         const float mnew = mx > m[r] ? mx : m[r];
         const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const float sum = BlockExp(srow, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
+        const float sum = BlockExp<V>(srow, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
         l[r] = l[r] * alpha + sum;
         m[r] = mnew;
       }
@@ -338,18 +381,18 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
     // Pass 2: normalised probabilities, written out and applied to V.
     for (int64_t t0 = 0; t0 < total; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, CW>(a, kl, b, h, i0, nq, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
           for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
           continue;
         }
-        BlockExp(srow, m[r], 1.0f / l[r]);
+        BlockExp<V>(srow, m[r], 1.0f / l[r]);
         float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
         for (int64_t c = 0; c < nk; ++c) wrow[cols[t0 + c]] = srow[c];
       }
-      BlockPV<RB, CW>(kl, b, h, D, nq, t0, nk, sc);
+      BlockPV<RB, NV, V>(kl, b, h, D, nq, t0, nk, sc);
     }
   }
 
@@ -377,32 +420,34 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
 using TaskFn = void (*)(const AttentionArgs&, const KeyLayout&, int64_t, int64_t, int64_t,
                        int64_t);
 
-// Register tiles: RB rows x CW floats = 8 vector registers of accumulators for each ISA.
+// Register tiles: 4 rows x 2 vectors = 8 vector registers of accumulators for each ISA.
 void TaskGeneric(const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0,
                  int64_t nq) {
-  if (a.weights) TaskBody<true, 4, 8>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 4, 8>(a, kl, b, h, i0, nq);
+  if (a.weights) TaskBody<true, 4, 2, V4>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 4, 2, V4>(a, kl, b, h, i0, nq);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MASKEDMHA_X86_DISPATCH 1
 __attribute__((target("avx2,fma"))) void TaskAvx2(const AttentionArgs& a, const KeyLayout& kl,
                                                   int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true, 4, 16>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 4, 16>(a, kl, b, h, i0, nq);
+  if (a.weights) TaskBody<true, 4, 2, V8>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 4, 2, V8>(a, kl, b, h, i0, nq);
 }
 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TaskAvx512(
     const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true, 4, 32>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 4, 32>(a, kl, b, h, i0, nq);
+  if (a.weights) TaskBody<true, 4, 2, V16>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 4, 2, V16>(a, kl, b, h, i0, nq);
 }
 #endif
 
 TaskFn ChooseTask() {
 #ifdef MASKEDMHA_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return TaskAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return TaskAvx2;
+  switch (SelectedIsa()) {
+    case Isa::kAvx512: return TaskAvx512;
+    case Isa::kAvx2: return TaskAvx2;
+    default: break;
+  }
 #endif
   return TaskGeneric;
 }

@@ -8,12 +8,13 @@
 
 namespace maskedmha {
 
-// W^T as a (K, N) row-major matrix, so the inner loop of the GEMM runs over contiguous output
-// columns (vectorisable without reassociating sums).  Built once per call; it costs N·K while
-// the GEMM costs M·N·K.
+// W^T cut into column panels of `nr` output columns (nr = the micro-kernel width chosen for this
+// CPU), each panel a contiguous (K, nr) block, the last one zero-padded.  The inner loop of the
+// GEMM then reads one contiguous row of nr weights per k and runs over contiguous output
+// columns (vectorisable without reassociating sums).  Packing costs N·K, the GEMM M·N·K.
 struct PackedWeight {
-  size_t n = 0, k = 0;
-  std::vector<float> wt;  // k * n
+  size_t n = 0, k = 0, nr = 0;
+  std::vector<float> panels;  // ceil(n / nr) * k * nr
 };
 // Packs rows [row0, row0 + n) of the (*, k) matrix w.
 void PackWeight(const float* w, size_t row0, size_t n, size_t k, PackedWeight* out);
