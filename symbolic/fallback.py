@@ -2,7 +2,7 @@
 configuration (the node's ``overload``), its body the decomposition of docs/MaskedMHA.md.
 
 Shapes stay dynamic: B, L, S, E come from ``Shape`` at run time (Reshape uses 0/-1 codes);
-only H (part of the configuration) is a constant.  Default-domain opsets 17..23 are supported
+only H (part of the configuration) is a constant.  Default-domain opsets 17..25 are supported (tested with ORT 1.32)
 (ReduceMean/ReduceMax take ``axes`` as an attribute before 18 and as an input from 18; Split
 takes ``num_outputs`` from 18).
 """
@@ -20,7 +20,7 @@ DOMAIN = "com.maskedmha"
 OP_TYPE = "MaskedMHA"
 ATTRIBUTES = ("num_heads", "is_causal", "add_zero_attn", "fully_masked_row",
               "average_attn_weights")
-MIN_OPSET, MAX_OPSET = 17, 23
+MIN_OPSET, MAX_OPSET = 17, 25
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def test_mha_alone(name, exporter, tmp_path):
     assert node.overload and len(proto.functions) == 1
     assert proto.functions[0].overload == node.overload
     assert proto.ir_version >= 10
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(proto, full_check=True)
     saved = onnx.load(str(path))
     assert count_mha(saved) == 1
 
