@@ -144,7 +144,25 @@ OrtStatusPtr MaskedMHAOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo*
     // need_weights = the node has a (non-empty) second output.
     Ort::ConstKernelInfo ki(info);
     a.need_weights = ki.GetOutputCount() >= 2 && !ki.GetOutputName(1).empty();
-    *kernel = new MaskedMHAKernel(a);
+    // Weights stored as constant initializers can be packed once for the session.
+    std::vector<const float*> constant(kNumInputs, nullptr);
+    for (int i : {kInProjWeight, kKProjWeight, kVProjWeight, kOutProjWeight}) {
+      if (static_cast<size_t>(i) >= ki.GetInputCount()) continue;
+      int is_constant = 0;
+      const OrtValue* value = nullptr;
+      OrtStatus* st = api.KernelInfoGetConstantInput_tensor(info, i, &is_constant, &value);
+      if (st) {
+        api.ReleaseStatus(st);
+        continue;
+      }
+      if (is_constant && value) {
+        Ort::ConstValue v(value);
+        if (v.IsTensor() && v.GetTensorTypeAndShapeInfo().GetElementType() ==
+                                ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+          constant[i] = v.GetTensorData<float>();
+      }
+    }
+    *kernel = new MaskedMHAKernel(a, constant);
     return nullptr;
   } catch (const ValidationError& e) {
     return ToStatus(api, ORT_INVALID_ARGUMENT, e.what());
@@ -171,6 +189,23 @@ OrtStatusPtr MaskedMHAKernel::ComputeV2(OrtKernelContext* context) {
   } catch (const std::exception& e) {
     return ToStatus(api, ORT_FAIL, (std::string("MaskedMHA: ") + e.what()).c_str());
   }
+}
+
+const PackedWeight& MaskedMHAKernel::Packed(int input, const float* w, size_t row0, size_t n,
+                                            size_t k, PackedWeight* scratch) {
+  if (w != nullptr && w == constant_[input]) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    auto key = std::make_tuple(input, row0, n, k);
+    auto it = cache_.find(key);
+    if (it == cache_.end()) {
+      PackedWeight pw;
+      PackWeight(w, row0, n, k, &pw);
+      it = cache_.emplace(key, std::move(pw)).first;
+    }
+    return it->second;  // map nodes are stable and never erased
+  }
+  PackWeight(w, row0, n, k, scratch);
+  return *scratch;
 }
 
 void MaskedMHAKernel::Compute(OrtKernelContext* context) {
@@ -276,16 +311,15 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   AttentionArgs a;
   if (self_attn) {
     qkv.resize(static_cast<size_t>(B * L * 3 * E));
-    PackWeight(w_in, 0, 3 * E, E, &pw);
-    Gemm(query, E, B * L, pw, b_in, qkv.data(), 3 * E, par);
+    Gemm(query, E, B * L, Packed(kInProjWeight, w_in, 0, 3 * E, E, &pw), b_in, qkv.data(),
+         3 * E, par);
     a.q = qkv.data();
     a.k = qkv.data() + E;
     a.v = qkv.data() + 2 * E;
     a.q_stride = a.k_stride = a.v_stride = 3 * E;
   } else {
     qbuf.resize(static_cast<size_t>(B * L * E));
-    PackWeight(w_in, 0, E, E, &pw);
-    Gemm(query, E, B * L, pw, b_in, qbuf.data(), E, par);
+    Gemm(query, E, B * L, Packed(kInProjWeight, w_in, 0, E, E, &pw), b_in, qbuf.data(), E, par);
     a.q = qbuf.data();
     a.q_stride = E;
     const float* b_k = b_in ? b_in + E : nullptr;
@@ -294,22 +328,24 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
       // Wk and Wv are adjacent rows of the packed weight: one GEMM with N = 2E.
       const float* kin = gather(key, E, &kg);
       kbuf.resize(static_cast<size_t>(n_keys * 2 * E));
-      PackWeight(w_in, E, 2 * E, E, &pw);
-      Gemm(kin, E, n_keys, pw, b_k, kbuf.data(), 2 * E, par);
+      Gemm(kin, E, n_keys, Packed(kInProjWeight, w_in, E, 2 * E, E, &pw), b_k, kbuf.data(),
+           2 * E, par);
       a.k = kbuf.data();
       a.v = kbuf.data() + E;
       a.k_stride = a.v_stride = 2 * E;
     } else {
-      const float* wk = p.packed ? w_in + E * E : fptr(kKProjWeight);
-      const float* wv = p.packed ? w_in + 2 * E * E : fptr(kVProjWeight);
+      // Packed weight: Wk / Wv are rows [E, 2E) / [2E, 3E) of input 3.
+      const int ik = p.packed ? kInProjWeight : kKProjWeight;
+      const int iv = p.packed ? kInProjWeight : kVProjWeight;
+      const float* wk = p.packed ? w_in : fptr(kKProjWeight);
+      const float* wv = p.packed ? w_in : fptr(kVProjWeight);
+      const size_t rk = p.packed ? E : 0, rv = p.packed ? 2 * E : 0;
       const float* kin = gather(key, p.Kd, &kg);
       const float* vin = same_kv ? kin : gather(value, p.Vd, &vg);
       kbuf.resize(static_cast<size_t>(n_keys * E));
       vbuf.resize(static_cast<size_t>(n_keys * E));
-      PackWeight(wk, 0, E, p.Kd, &pw);
-      Gemm(kin, p.Kd, n_keys, pw, b_k, kbuf.data(), E, par);
-      PackWeight(wv, 0, E, p.Vd, &pw);
-      Gemm(vin, p.Vd, n_keys, pw, b_v, vbuf.data(), E, par);
+      Gemm(kin, p.Kd, n_keys, Packed(ik, wk, rk, E, p.Kd, &pw), b_k, kbuf.data(), E, par);
+      Gemm(vin, p.Vd, n_keys, Packed(iv, wv, rv, E, p.Vd, &pw), b_v, vbuf.data(), E, par);
       a.k = kbuf.data();
       a.v = vbuf.data();
       a.k_stride = a.v_stride = E;
@@ -348,8 +384,8 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
     AverageHeads(per_head.data(), B, H, L, p.Sp, weights_out, par);
 
   // Output projection straight into the output tensor.
-  PackWeight(fptr(kOutProjWeight), 0, E, E, &pw);
-  Gemm(attn.data(), E, B * L, pw, fptr(kOutProjBias), out, E, par);
+  Gemm(attn.data(), E, B * L, Packed(kOutProjWeight, fptr(kOutProjWeight), 0, E, E, &pw),
+       fptr(kOutProjBias), out, E, par);
 }
 
 }  // namespace maskedmha

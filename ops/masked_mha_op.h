@@ -5,19 +5,35 @@
 
 #include <onnxruntime_cxx_api.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "gemm.h"
 #include "validate.h"
 
 namespace maskedmha {
 
 struct MaskedMHAKernel {
-  explicit MaskedMHAKernel(const Attributes& attrs) : attrs_(attrs) {}
+  // constant_weights[i]: data of input i when it is a constant initializer (else null).
+  MaskedMHAKernel(const Attributes& attrs, const std::vector<const float*>& constant_weights)
+      : attrs_(attrs), constant_(constant_weights) {}
   // Errors (validation, allocation, ORT calls) come back as an OrtStatus, never as an exception
   // crossing the C boundary.
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
   void Compute(OrtKernelContext* context);
+  // Rows [row0, row0 + n) of weight input `input` (k columns) packed for Gemm.  Weights that are
+  // constant initializers are packed once and kept (Compute may run concurrently, hence the
+  // lock); others are packed into *scratch on every call.
+  const PackedWeight& Packed(int input, const float* w, size_t row0, size_t n, size_t k,
+                             PackedWeight* scratch);
+
   Attributes attrs_;
+  std::vector<const float*> constant_;
+  std::mutex cache_mutex_;
+  std::map<std::tuple<int, size_t, size_t, size_t>, PackedWeight> cache_;
 };
 
 // WithStatus = true: CreateKernelV2 / ComputeV2 return OrtStatus (supported since ORT 1.16).

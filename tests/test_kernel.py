@@ -8,6 +8,9 @@ fails (see also test_reference_detects_wrong_output)."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -280,12 +283,25 @@ def test_self_attention_same_tensor():
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
                                                         helper.make_opsetid(maskedmha.DOMAIN, 1)])
         sess = session(model.SerializeToString())
+        # Weights are constant initializers (packed once and cached by the kernel): run twice
+        # with different shapes and contents, and from two threads at once.
+        for seed, (b, l) in [(3, (B, L)), (4, (2, 70)), (3, (B, L))]:
+            f2 = make_feeds(b, l, l, E, H, seed=seed, self_attn=True, kpm=kpm)
+            for n in ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias"):
+                f2[n] = feeds[n]
+            run_feeds = {"x": f2["query"]}
+            if kpm:
+                run_feeds["kpm"] = f2["key_padding_mask"]
+            (out,) = sess.run(None, run_feeds)
+            assert_close(out, torch_reference(f2, H)[0])
+        import concurrent.futures
         run_feeds = {"x": feeds["query"]}
         if kpm:
             run_feeds["kpm"] = feeds["key_padding_mask"]
-        (out,) = sess.run(None, run_feeds)
         ref, _ = torch_reference(feeds, H)
-        assert_close(out, ref)
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            for (out,) in ex.map(lambda _: sess.run(None, run_feeds), range(6)):
+                assert_close(out, ref)
 
 
 def test_nn_module_larger():
@@ -614,6 +630,22 @@ def test_reference_detects_wrong_output():
     ref_nomask, _ = torch_reference(dict(feeds, key_padding_mask=None), 4)
     with pytest.raises(AssertionError):
         assert_close(out, ref_nomask)
+
+
+@pytest.mark.skipif(os.environ.get("MASKEDMHA_ISA") is not None, reason="already forced")
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_other_instruction_set_variants(isa):
+    """The kernel picks AVX-512 / AVX2 / portable loops at run time; MASKEDMHA_ISA lowers the
+    choice, so the narrower variants are checked here too (in a subprocess: the choice is made
+    once per process)."""
+    env = dict(os.environ, MASKEDMHA_ISA=isa)
+    sel = ("output_matches_pytorch and (everything or kpm_bool_am_float3 or packed) "
+           "or weights_match or fully_masked or causal or self_attention or nn_module")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          __file__, "-k", sel], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(__file__))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert " passed" in res.stdout
 
 
 def test_threads_give_same_answer():
