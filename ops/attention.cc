@@ -1,9 +1,10 @@
 // Attention core (see attention.h).
 //
-// Work split: one task per (batch b, head h, block of kQB query rows), run on the session pool.
-// Per task, keys are walked in blocks of kKB: the key block is transposed into a small (D x kKB)
-// scratch so the score loop runs over contiguous key columns and auto-vectorises without
-// reassociating sums (no -ffast-math: masks rely on IEEE -inf / NaN behaviour).
+// Work split: first one task per (batch b, head h) lays the keys out transposed, (D x T_b) per
+// head, padded to whole kKB blocks (PrepareKeys), so every query block reuses them; then one
+// task per (b, h, block of kQB query rows), run on the session pool.  Per task, keys are walked
+// in blocks of kKB; scores are register tiles over contiguous key columns (vectorised without
+// reassociating sums; no -ffast-math: masks rely on IEEE -inf / NaN behaviour).
 //
 // Softmax:
 //  * without weights: one pass, online softmax (running max m, running sum l, rescaled
@@ -16,16 +17,16 @@
 // scores propagate as IEEE arithmetic says (0/0, inf-inf), as in PyTorch.
 //
 // Like gemm.cc, the body is one template compiled for the baseline ISA plus AVX2 and AVX-512,
-// chosen once at run time.
+// chosen once at run time (cpu.h).
 #include "attention.h"
-
-#include "cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "cpu.h"
 
 namespace maskedmha {
 

@@ -2,9 +2,9 @@
 //
 // C = A · Wt + bias where Wt is the packed (K, N) transpose of a Linear weight.  The work is split
 // into (MC x NC) output tiles, one parallel task each; inside a tile, K is walked in KC slices so
-// the Wt panel (KC x NC) stays in L2 and each MR x NR register tile is accumulated over a whole
-// slice before it is written back.  The micro-kernel is plain C++ with compile-time MR/NR: GCC
-// turns the NR loop into vector FMAs and keeps the MR x NR accumulators in registers.
+// the weight panels (KC x NC) stay in L2 and each MR x NR register tile is accumulated over a
+// whole slice before it is written back.  The micro-kernel uses GCC vector extensions with
+// compile-time MR/NR, so the MR x NR accumulators live in vector registers.
 //
 // Instruction sets: the default build is portable x86-64 (SSE2).  On x86 the same template is
 // also compiled with target("avx2,fma") and target("avx512f") attributes and the widest one the
@@ -12,11 +12,11 @@
 // everywhere and uses wide vectors where they exist.
 #include "gemm.h"
 
-#include "cpu.h"
-
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+
+#include "cpu.h"
 
 namespace maskedmha {
 
