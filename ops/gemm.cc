@@ -1,4 +1,4 @@
-// Cache-blocked fp32 GEMM written for GCC's auto-vectoriser.
+// Cache-blocked fp32 GEMM for the projections (GCC/Clang vector extensions, no intrinsics).
 //
 // C = A · Wt + bias where Wt is the packed (K, N) transpose of a Linear weight.  The work is split
 // into (MC x NC) output tiles, one parallel task each; inside a tile, K is walked in KC slices so
