@@ -170,7 +170,17 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     model.functions.extend(keep)
     configs = {}
     nodes_cfgs = []
+    used = {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        used.update(n.input)
+        for a in n.attribute:  # names used inside subgraphs (If/Loop/Scan bodies)
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                used.update(i for sn in sub.node for i in sn.input)
     for node in mha_nodes(model):
+        if len(node.output) > 1 and node.output[1] not in used:
+            # need_weights=True but the weights are never read: keep fully_masked_row
+            # ("nan", PyTorch's answer for that path) and spare the kernel the weights output.
+            del node.output[1:]
         ins = list(node.input)
         while ins and not ins[-1]:
             ins.pop()

@@ -124,6 +124,7 @@ CONFIGS = [
     Config(num_heads=H, am="3f", kpm="b", weights="avg", nan=True),
     Config(num_heads=H, am="2b", bias_kv=True, weights="all"),
     Config(num_heads=H, is_causal=True),
+    Config(num_heads=H, kpm="b", am="3b", nan=True),
     Config(num_heads=H, is_causal=True, add_zero_attn=True, kpm="b", weights="avg"),
     Config(num_heads=1, packed=False, add_zero_attn=True, kpm="b", am="3f"),
 ]

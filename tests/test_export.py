@@ -236,29 +236,45 @@ def test_unbatched_inputs(batch_first):
         close(got[1], ref[1], exporter)
 
 
-@pytest.mark.parametrize("need_weights", [False, True])
-def test_fully_masked_rows_match_pytorch(need_weights):
-    """need_weights=True -> NaN rows (PyTorch's explicit softmax), False -> zero attention."""
+class OutputOnly(MHACall):
+    def forward(self, q, k, v, kpm, am):
+        out, _ = self.mha(q, k, v, key_padding_mask=kpm, attn_mask=am)  # need_weights=True
+        return out
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("need_weights", [False, True, "unused"])
+def test_fully_masked_rows_match_pytorch(need_weights, exporter):
+    """need_weights=True -> NaN rows (PyTorch's explicit softmax), False -> zero attention.
+    Weights computed but never read: the node loses its second output, keeps "nan"."""
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(E, H, batch_first=True).eval()
-    model = MHACall(mha, False, need_weights, True, False).eval()
+    if need_weights == "unused":
+        model = OutputOnly(mha, False, True, True, False).eval()
+    else:
+        model = MHACall(mha, False, need_weights, True, False).eval()
     B, L, S = 2, 3, 5
     q, k, v = torch.randn(B, L, E), torch.randn(B, S, E), torch.randn(B, S, E)
     kpm = torch.zeros(B, S, dtype=torch.bool)
     kpm[1] = True
     proto = maskedmha.export(model, (q, k, v, kpm, None), input_names=["q", "k", "v", "kpm"],
-                             exporter="torchscript")
-    fm = [a for a in next(n for n in proto.graph.node if n.op_type == "MaskedMHA").attribute
-          if a.name == "fully_masked_row"][0]
+                             exporter=exporter)
+    node = next(n for n in proto.graph.node if n.op_type == "MaskedMHA")
+    fm = [a for a in node.attribute if a.name == "fully_masked_row"][0]
     assert fm.s == (b"nan" if need_weights else b"zero")
+    assert len(node.output) == (2 if need_weights is True else 1)
     with torch.no_grad(), no_fastpath():
         ref = model(q, k, v, kpm, None)
-    got = ort_run(proto, feeds_of(q, k, v, kpm, None))
     refs = ref if isinstance(ref, tuple) else (ref,)
-    for g, r in zip(got, refs):
-        r = r.numpy()
-        assert np.array_equal(np.isnan(g), np.isnan(r))
-        np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(r), atol=1e-5)
+    assert np.isnan(refs[0][1].numpy()).all() == bool(need_weights)
+    for label, m in runs(proto, maskedmha.decompose(proto)):
+        got = ort_run(m, feeds_of(q, k, v, kpm, None))
+        assert len(got) == len(refs)
+        for g, r in zip(got, refs):
+            r = r.numpy()
+            assert np.array_equal(np.isnan(g), np.isnan(r)), label
+            np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(r), atol=1e-5,
+                                       err_msg=label)
 
 
 def test_is_causal_without_mask_raises_like_pytorch():
