@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -96,6 +97,17 @@ void BoolToAdditive(const bool* m, size_t n, std::vector<float>* out) {
   const float ninf = -std::numeric_limits<float>::infinity();
   for (size_t i = 0; i < n; ++i) (*out)[i] = m[i] ? ninf : 0.0f;
 }
+
+// Scratch array that is not zero-filled (every element is written before it is read), unlike
+// std::vector::resize, which would cost a memset of each intermediate.
+class Buffer {
+ public:
+  void resize(size_t n) { data_.reset(n ? new float[n] : nullptr); }
+  float* data() { return data_.get(); }
+
+ private:
+  std::unique_ptr<float[]> data_;
+};
 
 OrtStatusPtr ToStatus(const OrtApi& api, OrtErrorCode code, const char* msg) {
   return api.CreateStatus(code, msg);
@@ -293,7 +305,7 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
     n_keys = kv_offset[B];
   }
   // Rows of key/value to project: the originals, or a gathered copy of the surviving rows.
-  auto gather = [&](const float* src, int64_t width, std::vector<float>* buf) -> const float* {
+  auto gather = [&](const float* src, int64_t width, Buffer* buf) -> const float* {
     if (!compact) return src;
     buf->resize(static_cast<size_t>(n_keys * width));
     for (int64_t b = 0; b < B; ++b)
@@ -306,7 +318,7 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   // Projections.
   const bool same_kv = key == value && p.Kd == p.Vd;
   const bool self_attn = p.packed && !compact && same_kv && query == key && L == S;
-  std::vector<float> qkv, qbuf, kbuf, vbuf, kg, vg;
+  Buffer qkv, qbuf, kbuf, vbuf, kg, vg;
   PackedWeight pw;
   AttentionArgs a;
   if (self_attn) {
@@ -353,8 +365,8 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   }
 
   // Attention.
-  std::vector<float> attn(static_cast<size_t>(B * L * E));
-  std::vector<float> per_head;
+  Buffer attn, per_head;
+  attn.resize(static_cast<size_t>(B * L * E));
   a.B = B; a.L = L; a.S = S; a.H = H; a.D = D;
   a.scale = 1.0f / std::sqrt(static_cast<float>(D));
   if (compact) {
