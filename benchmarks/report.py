@@ -52,7 +52,7 @@ def write_json(path: str, meta: dict, results: list) -> None:
 def markdown(meta: dict, results: list) -> str:
     alts = [a for a in ALTERNATIVES if a in meta["alternatives"]]
     peak = meta["sgemm_peak_gflops"]
-    out = [f"Run {meta['date']} · commit {meta['commit']} · {meta['threads']} threads · grid "
+    out = [f"Run {meta['date']} · commit {meta['commit']} (kernel library built {meta.get('library_mtime')}) · {meta['threads']} threads · grid "
            f"`{meta['grid']}` · onnxruntime {meta['onnxruntime']} · torch {meta['torch']} · "
            f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best over the run: 5 before, 3 before each point, 5 after; same threads)", ""]
     out += ["**Median latency (ms)**, interleaved round-robin on the same inputs; speed-up = best "

@@ -143,6 +143,10 @@ def main(argv=None) -> int:
         "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "cpu": _cpu_model(), "cores": os.cpu_count(),
         "sgemm_peak_gflops": peak, "rel_tol": A.REL_TOL,
+        "ops_commit": subprocess.run(["git", "log", "-1", "--format=%h", "--", "ops"], cwd=HERE,
+                                     capture_output=True, text=True).stdout.strip() or "?",
+        "library_mtime": (datetime.datetime.fromtimestamp(os.path.getmtime(library), datetime.timezone.utc)
+                          .strftime("%Y-%m-%d %H:%M UTC") if library else None),
     }
     print(f"{len(points)} points, {args.threads} threads, sgemm peak {peak:.0f} GFLOP/s\n")
     print(report.progress_header(args.alternatives), flush=True)
