@@ -450,3 +450,44 @@ def test_explicit_causal_hint_in_decoder(exporter):
         feeds = {n: t.numpy() for n, t in zip(["tgt", "memory", "tgt_mask"], a)}
         for label, m in runs(proto, maskedmha.decompose(proto)):
             close(ort_run(m, feeds)[0], ref, f"{exporter} {label} {B, T, S}")
+
+
+class CausalEncoder(nn.Module):
+    """A GPT-style stack: the causal mask is built inside forward from the input's length; one
+    pass with a padding mask (mask used), one with the is_causal hint (mask dropped)."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(E, H, 32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x, kpm):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.size(1))
+        return (self.enc(x, mask=mask, src_key_padding_mask=kpm)
+                + self.enc(x, mask=mask, is_causal=True))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mask_built_inside_forward(exporter):
+    torch.manual_seed(0)
+    model = CausalEncoder().eval()
+
+    def args(B, L, seed):
+        g = torch.Generator().manual_seed(seed)
+        kpm = torch.rand(B, L, generator=g) < 0.3
+        kpm[:, 0] = False
+        return torch.randn(B, L, E, generator=g), kpm
+
+    proto = maskedmha.export(model, args(2, 5, 0), exporter=exporter,
+                             dynamic_axes={"x": {0: "B", 1: "L"}, "kpm": {0: "B", 1: "L"}})
+    overloads = [n.overload for n in proto.graph.node if n.op_type == "MaskedMHA"]
+    assert len(overloads) == 4
+    assert sum(o.endswith(".causal") for o in overloads) == 2
+    dec = maskedmha.decompose(proto)
+    for i, (B, L) in enumerate([(2, 5), (3, 8), (1, 3)]):
+        x, kpm = args(B, L, i)
+        with torch.no_grad(), no_fastpath():
+            ref = model(x, kpm)
+        for label, m in runs(proto, dec):
+            close(ort_run(m, {"x": x.numpy(), "kpm": kpm.numpy()})[0], ref,
+                  f"{exporter} {label} {B, L}")
