@@ -252,15 +252,7 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
                                                          : std::vector<int64_t>{B, H, L, p.Sp};
     weights_out = ctx.GetOutput(1, wshape).GetTensorMutableData<float>();
   }
-  if (B == 0 || L == 0 || E == 0) {
-    // Nothing to attend from; E == 0 leaves an empty output.
-    if (weights_out && E == 0 && B * L * p.Sp > 0) {
-      // E == 0 (D == 0): every score is 0, so weights are uniform over the unmasked keys.  Not
-      // a meaningful configuration; refuse rather than guess.
-      throw ValidationError("MaskedMHA: input 0 'query' has embed_dim E=0, which is not supported with attention weights");
-    }
-    return;
-  }
+  if (B == 0 || L == 0) return;  // nothing to attend from: empty outputs
 
   const float* query = fptr(kQuery);
   const float* key = fptr(kKey);

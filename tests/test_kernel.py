@@ -94,7 +94,7 @@ def make_feeds(B, L, S, E, H, *, seed=0, self_attn=False, kdim=None, vdim=None, 
         feeds["key"] = feeds["value"] = feeds["query"]
     else:
         feeds["key"], feeds["value"] = f(B, S, kd), f(B, S, vd)
-    scale = 1.0 / math.sqrt(E)
+    scale = 1.0 / math.sqrt(max(E, 1))
     if separate:
         feeds["in_proj_weight"] = f(E, E) * scale
         feeds["k_proj_weight"] = f(E, kd) / math.sqrt(kd)
@@ -171,8 +171,8 @@ def spec_reference(feeds, H, *, add_zero_attn=False, is_causal=False, nan_rows=F
         k = np.concatenate([k, np.broadcast_to(g["bias_k"], (B, 1, E))], 1)
         v = np.concatenate([v, np.broadcast_to(g["bias_v"], (B, 1, E))], 1)
     qh = q.reshape(B, L, H, D).transpose(0, 2, 1, 3)
-    kh = k.reshape(B, -1, H, D).transpose(0, 2, 1, 3)
-    vh = v.reshape(B, -1, H, D).transpose(0, 2, 1, 3)
+    kh = k.reshape(B, k.shape[1], H, D).transpose(0, 2, 1, 3)
+    vh = v.reshape(B, v.shape[1], H, D).transpose(0, 2, 1, 3)
     if add_zero_attn:
         kh = np.concatenate([kh, np.zeros((B, H, 1, D))], 2)
         vh = np.concatenate([vh, np.zeros((B, H, 1, D))], 2)
@@ -655,3 +655,12 @@ def test_threads_give_same_answer():
     r2 = session(model, threads=2).run(None, feeds)
     for a, b in zip(r1, r2):
         assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_zero_embed_dim_does_not_crash():
+    """E = 0: empty output rows; scores are 0 + masks, so the weights are still a softmax."""
+    feeds = make_feeds(2, 3, 4, 0, 2, seed=47, kpm="bool", attn_mask="float2")
+    out, w = run(feeds, 2, need_weights=True)
+    assert out.shape == (2, 3, 0) and w.shape == (2, 3, 4)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    assert (w[feeds["key_padding_mask"][:, None, :].repeat(3, 1)] == 0).all()
