@@ -137,6 +137,42 @@ OrtCustomOpInputOutputCharacteristic MaskedMHAOp::GetOutputCharacteristic(size_t
   return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
+MaskedMHAOp::MaskedMHAOp() { OrtCustomOp::InferOutputShapeFn = &MaskedMHAOp::InferOutputShapes; }
+
+OrtStatusPtr ORT_API_CALL MaskedMHAOp::InferOutputShapes(const OrtCustomOp*,
+                                                         OrtShapeInferContext* ctx) {
+  // ORT ignores the returned status.  An unknown query shape (ORT reports it as rank 0) or an
+  // unnamed unknown dimension (which ORT would write back as dim_value -1) leaves the output
+  // shape unknown.
+  const OrtApi& api = Ort::GetApi();
+  size_t n_in = 0;
+  if (OrtStatus* st = api.ShapeInferContext_GetInputCount(ctx, &n_in)) return st;
+  if (n_in == 0) return nullptr;
+  OrtTensorTypeAndShapeInfo* q = nullptr;  // owned by ctx
+  if (OrtStatus* st = api.ShapeInferContext_GetInputTypeShape(ctx, kQuery, &q)) return st;
+  size_t rank = 0;
+  if (OrtStatus* st = api.GetDimensionsCount(q, &rank)) return st;
+  if (rank != 3) return nullptr;
+  int64_t dims[3];
+  const char* names[3] = {nullptr, nullptr, nullptr};
+  if (OrtStatus* st = api.GetDimensions(q, dims, 3)) return st;
+  if (OrtStatus* st = api.GetSymbolicDimensions(q, names, 3)) return st;
+  for (int i = 0; i < 3; ++i) {
+    const bool named = names[i] != nullptr && names[i][0] != '\0';
+    if (named) dims[i] = -1;
+    else if (dims[i] < 0) return nullptr;
+    if (!named) names[i] = "";
+  }
+  OrtTensorTypeAndShapeInfo* out = nullptr;
+  if (OrtStatus* st = api.CreateTensorTypeAndShapeInfo(&out)) return st;
+  OrtStatus* st = api.SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!st) st = api.SetDimensions(out, dims, 3);
+  if (!st) st = api.SetSymbolicDimensions(out, names, 3);
+  if (!st) st = api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out);
+  api.ReleaseTensorTypeAndShapeInfo(out);
+  return st;
+}
+
 OrtStatusPtr MaskedMHAOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
                                          void** kernel) const {
   try {

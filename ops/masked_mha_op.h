@@ -52,6 +52,15 @@ struct MaskedMHAOp : Ort::CustomOpBase<MaskedMHAOp, MaskedMHAKernel, true> {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const;
+
+  // Graph-level shape inference: output 0 gets query's shape.  Set as the raw
+  // OrtCustomOp::InferOutputShapeFn (ORT calls it when OrtCustomOp::version >= 17; CustomOpBase
+  // sets version = ORT_API_VERSION) rather than through Ort::ShapeInferContext, whose
+  // SetOutputShape in the 1.21 headers marks symbolic dims with -2, which newer ORT rejects.
+  // Output 1 is left to the model's value_info: ORT's context does not say how many outputs the
+  // node has, and setting output 1 on a node without one indexes past ORT's output list.
+  MaskedMHAOp();
+  static OrtStatusPtr ORT_API_CALL InferOutputShapes(const OrtCustomOp* op, OrtShapeInferContext* ctx);
 };
 
 }  // namespace maskedmha
