@@ -15,9 +15,11 @@ const char* const kNames[kNumInputs] = {
     "v_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k",
     "bias_v",        "key_padding_mask", "attn_mask"};
 
-std::string Prefix(int i) {
-  return std::string("MaskedMHA: input ") + std::to_string(i) + " '" + kNames[i] + "'";
+std::string Named(int i) {
+  return std::string("input ") + std::to_string(i) + " '" + kNames[i] + "'";
 }
+
+std::string Prefix(int i) { return "MaskedMHA: " + Named(i); }
 
 [[noreturn]] void Fail(const std::string& msg) { throw ValidationError(msg); }
 
@@ -145,9 +147,12 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   p.E = in[kQuery].shape[2];
   p.H = attrs.num_heads;
   if (p.E % p.H != 0)
-    Fail("MaskedMHA: embed_dim E=" + std::to_string(p.E) + " (query shape " +
+    Fail(Prefix(kQuery) + ": embed_dim E=" + std::to_string(p.E) + " (shape " +
          ShapeToString(in[kQuery].shape) + ") is not divisible by num_heads=" +
          std::to_string(p.H));
+  // 3E is used in the expected shapes below: it must not overflow.
+  CheckedProduct({3, p.E}, "3E for " + Named(kQuery) + " of shape " +
+                               ShapeToString(in[kQuery].shape));
   p.D = p.E / p.H;
 
   CheckRank(in[kKey], kKey, 3, "(B, S, kdim)");
@@ -185,6 +190,8 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
       CheckShape(m, kAttnMask, {p.L, p.S}, "(L, S)");
     } else if (m.shape.size() == 3) {
       p.attn_mask_3d = true;
+      CheckedProduct({p.B, p.H}, "B*H for " + Named(kAttnMask) + " of shape " +
+                                     ShapeToString(m.shape));
       CheckShape(m, kAttnMask, {p.B * p.H, p.L, p.S}, "(B*H, L, S)");
     } else {
       Fail(Prefix(kAttnMask) + " has rank " + std::to_string(m.shape.size()) + " (shape " +
@@ -195,12 +202,16 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   p.X = (p.has_bias_kv ? 1 : 0) + (attrs.add_zero_attn ? 1 : 0);
   p.Sp = p.S + p.X;
 
-  // Sizes of everything the kernel allocates or indexes.
-  CheckedProduct({p.B, p.L, 3, p.E}, "the projected query (B*L*3E)");
-  CheckedProduct({p.B, p.S, 2, p.E}, "the projected key/value (B*S*2E)");
-  CheckedProduct({p.B, p.S, std::max(p.Kd, p.Vd)}, "key/value");
-  CheckedProduct({3, p.E, std::max(p.E, std::max(p.Kd, p.Vd))}, "the projection weights");
-  CheckedProduct({p.B, p.H, p.L, p.Sp}, "the attention weights (B*H*L*S')");
+  // Sizes of everything the kernel allocates or indexes; the message names the inputs whose
+  // dimensions are multiplied.
+  const std::string q_shape = " from " + Named(kQuery) + " " + ShapeToString(in[kQuery].shape);
+  const std::string k_shape = " and " + Named(kKey) + " " + ShapeToString(in[kKey].shape);
+  CheckedProduct({p.B, p.L, 3, p.E}, "the projected query (B*L*3E)" + q_shape);
+  CheckedProduct({p.B, p.S, 2, p.E}, "the projected key/value (B*S*2E)" + q_shape + k_shape);
+  CheckedProduct({p.B, p.S, std::max(p.Kd, p.Vd)}, "key/value (B*S*max(kdim, vdim))" + q_shape + k_shape);
+  CheckedProduct({3, p.E, std::max(p.E, std::max(p.Kd, p.Vd))},
+                 "the projection weights (3E*max(E, kdim, vdim))" + q_shape + k_shape);
+  CheckedProduct({p.B, p.H, p.L, p.Sp}, "the attention weights (B*H*L*S')" + q_shape + k_shape);
   return p;
 }
 
