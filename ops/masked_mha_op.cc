@@ -316,10 +316,23 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
     am = fptr(kAttnMask);
   }
 
-  // Compaction of keys hidden by a bool key_padding_mask.
+  // Compaction of keys hidden by a bool key_padding_mask.  Not exact either when a hidden key or
+  // value row holds NaN/Inf: PyTorch then gets NaN (score NaN + -inf, or weight 0 * NaN).
+  auto hidden_rows_finite = [&]() {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < S; ++j) {
+        if (!kpm_bool[b * S + j]) continue;
+        for (int64_t c = 0; c < p.Kd; ++c)
+          if (!std::isfinite(key[(b * S + j) * p.Kd + c])) return false;
+        for (int64_t c = 0; c < p.Vd; ++c)
+          if (!std::isfinite(value[(b * S + j) * p.Vd + c])) return false;
+      }
+    return true;
+  };
   std::vector<int64_t> kv_offset, key_index;
   const bool compact = kpm_bool && S > 0 &&
-                       !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(am, am_n));
+                       !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(am, am_n)) &&
+                       hidden_rows_finite();
   int64_t n_keys = B * S;
   if (compact) {
     kv_offset.resize(B + 1);
