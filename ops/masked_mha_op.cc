@@ -349,6 +349,7 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   auto gather = [&](const float* src, int64_t width, Buffer* buf) -> const float* {
     if (!compact) return src;
     buf->resize(static_cast<size_t>(n_keys * width));
+    if (width == 0) return buf->data();  // nothing to copy (and memcpy must not see null)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t r = kv_offset[b]; r < kv_offset[b + 1]; ++r)
         std::memcpy(buf->data() + r * width, src + (b * S + key_index[r]) * width,
