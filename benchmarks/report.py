@@ -127,7 +127,8 @@ def plot(path: str, meta: dict, results: list) -> None:
     ax1.axhline(1.0, color="k", lw=0.8)
     ax1.set_yscale("log")
     ax1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax1.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
+    ax1.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
     ax1.set_ylabel("alternative ms / fused ms  (>1: fused faster)")
     ax1.set_title(f"MaskedMHA fused kernel vs alternatives — {meta['threads']} threads, {meta['date']}")
     ax1.legend(fontsize=8, ncol=3)
