@@ -3,10 +3,13 @@
 # MASKEDMHA_SANITIZE=ON) into build/sanitize, and run the kernel-level tests against it.
 # Fails when a test fails or any sanitizer report appears in the output.
 #
-# Tests: those that drive the op through hand-built ONNX graphs (test_kernel.py, including its
-# subprocess runs of the AVX2 and generic code paths; test_bad_inputs.py; test_shape_inference.py
-# without the exporter; test_library.py).  The exporter tests are left out: torch.onnx export
-# under ASan's malloc adds minutes and does not run our C++ code.
+# Tests (about 2 minutes on 2 cores): those that drive the op through hand-built ONNX graphs
+# (test_kernel.py, including its subprocess runs of the AVX2 and generic code paths;
+# test_bad_inputs.py; test_shape_inference.py without its exporter part; test_library.py), plus
+# every exported configuration run fused (test_configs.py) and sessions shared by threads
+# (test_concurrency.py).  Left out: the other exporter tests (torch.onnx export under ASan's
+# malloc is slow and runs none of our C++), test_fuzz.py (export per example) and
+# test_memory.py (RSS figures mean nothing under ASan).
 #
 # python and onnxruntime are not built with ASan, so libasan is preloaded into the interpreter.
 # detect_leaks=0: CPython does not free everything at exit, LeakSanitizer would report that.
@@ -69,6 +72,7 @@ set +e
   "$PY" -m pytest -q -p no:cacheprovider --capture=sys \
     "$ROOT/tests/test_kernel.py" "$ROOT/tests/test_bad_inputs.py" \
     "$ROOT/tests/test_shape_inference.py" "$ROOT/tests/test_library.py" \
+    "$ROOT/tests/test_configs.py" "$ROOT/tests/test_concurrency.py" \
     -k "not exported" "$@" ) >"$LOG" 2>&1
 rc=$?
 set -e
