@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
+        import logging
         import warnings
         from .demo import run_demo
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
         with warnings.catch_warnings():
             # PyTorch's own deprecation chatter (nested tensors, mixed mask dtypes) would bury the
             # table; the demo's numbers are checked against PyTorch instead.
