@@ -39,7 +39,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 struct Scratch {
-  std::vector<float> qs, acc, s, m, l;
+  std::vector<float> qs, acc, s, m, l, lv;
 };
 
 Scratch& LocalScratch() {
@@ -50,15 +50,16 @@ Scratch& LocalScratch() {
 // Keys of every batch item laid out once for all query blocks (built by PrepareKeys):
 //  * kt: per (b, h) a (D x Tpad) transposed key matrix, Tpad = T_b rounded up to kKB, padded
 //    with zero columns, so the score loop runs over whole kKB-wide blocks of contiguous keys;
-//  * vrow / col: per key t of batch b, the start of its value row (head 0) and its column in
+//  * vp: per (b, h) the (Tpad x D) values of those keys, contiguous rows, zero rows for padding;
+//  * col: per key t of batch b, its column in
 //    the S' key axis (original position for given keys, S + e for extra key e).
 struct KeyLayout {
   std::vector<int64_t> total;   // T_b: keys of batch b that take part (given + extra)
   std::vector<int64_t> tpad;    // T_b rounded up to kKB
   std::vector<int64_t> kt_off;  // offset of (b, h=0) in kt; head h adds h * D * tpad[b]
-  std::vector<int64_t> key_off; // offset of batch b in vrow / col
+  std::vector<int64_t> key_off; // offset of batch b in col
   std::vector<float> kt;
-  std::vector<const float*> vrow;
+  std::vector<float> vp;        // per (b, h) a (Tpad x D) value matrix (same offsets as kt)
   std::vector<int64_t> col;
   std::vector<float> zeros;
 };
@@ -81,9 +82,14 @@ void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par) {
     keys += kl->total[b];
   }
   kl->key_off[B] = keys;
-  kl->kt.resize(static_cast<size_t>(kt_size));
-  kl->vrow.resize(static_cast<size_t>(keys));
-  kl->col.resize(static_cast<size_t>(keys));
+  // Every entry below is written before it is read: only grow (no re-initialisation of a
+  // buffer kept from the previous call).
+  auto grow = [](auto& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  };
+  grow(kl->kt, kt_size);
+  grow(kl->vp, kt_size);
+  grow(kl->col, keys);
   kl->zeros.assign(static_cast<size_t>(std::max<int64_t>(E, 1)), 0.0f);
   const float* zero = kl->zeros.data();
 
@@ -93,29 +99,33 @@ void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par) {
     const int64_t row_base = a.kv_offset ? a.kv_offset[b] : b * a.S;
     const int64_t tp = kl->tpad[b];
     float* kt = kl->kt.data() + kl->kt_off[b] + h * D * tp;
+    float* vp = kl->vp.data() + kl->kt_off[b] + h * D * tp;
     for (int64_t t = 0; t < kl->total[b]; ++t) {
       const float* kp;
+      const float* vsrc;
       if (t < n) {
         const int64_t row = row_base + t;
         kp = a.k + row * a.k_stride;
+        vsrc = a.v + row * a.v_stride;
         if (h == 0) {
-          kl->vrow[kl->key_off[b] + t] = a.v + row * a.v_stride;
           kl->col[kl->key_off[b] + t] = a.key_index ? a.key_index[row] : t;
         }
       } else {
         const int64_t e = t - n;  // 0: bias_kv (if any), then the zero key
         const bool is_bias = a.bias_k && e == 0;
         kp = is_bias ? a.bias_k : zero;
+        vsrc = is_bias ? a.bias_v : zero;
         if (h == 0) {
-          kl->vrow[kl->key_off[b] + t] = is_bias ? a.bias_v : zero;
           kl->col[kl->key_off[b] + t] = a.S + e;
         }
       }
       kp += h * D;
       for (int64_t d = 0; d < D; ++d) kt[d * tp + t] = kp[d];
+      if (D > 0) std::memcpy(vp + t * D, vsrc + h * D, static_cast<size_t>(D) * sizeof(float));
     }
     for (int64_t d = 0; d < D; ++d)
       for (int64_t t = kl->total[b]; t < tp; ++t) kt[d * tp + t] = 0.0f;
+    std::fill(vp + kl->total[b] * D, vp + tp * D, 0.0f);
   });
 }
 
@@ -149,7 +159,8 @@ static inline __attribute__((always_inline)) V Splat(float x) {
 }
 
 // s[r][0..kKB) = q[r] . kt[:, block] for RB rows at once: RB x NV vector accumulators stay in
-// registers across the whole D loop.
+// registers across the whole D loop.  q is a row tile packed d-major (q[d * RB + r]), so the
+// broadcasts read one contiguous stream.
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void ScoreRows(const float* q, int64_t D,
                                                             const float* kt, int64_t ldk,
@@ -164,7 +175,7 @@ static inline __attribute__((always_inline)) void ScoreRows(const float* q, int6
       V kv[NV];
       for (int v = 0; v < NV; ++v) kv[v] = Load<V>(kt + d * ldk + c0 + v * W);
       for (int r = 0; r < RB; ++r) {
-        const float qv = q[r * D + d];
+        const float qv = q[d * RB + r];
         for (int v = 0; v < NV; ++v) acc[r][v] += qv * kv[v];
       }
     }
@@ -173,21 +184,21 @@ static inline __attribute__((always_inline)) void ScoreRows(const float* q, int6
   }
 }
 
-// o[r][:] += sum_c p[r][c] * v_c[:] for RB rows, D walked in NV-vector register chunks.
+// o[r][:] += sum_c p[r][c] * vb[c][:] for RB rows over a whole kKB key block (vb: kKB
+// contiguous value rows of width D, zero rows past the last key; p is 0 there), D walked in
+// NV-vector register chunks.
 template <int RB, int NV, typename V>
-static inline __attribute__((always_inline)) void AccumulatePV(const float* p, int64_t nk,
-                                                               const float* const* vrow,
-                                                               int64_t voff, int64_t D,
-                                                               float* o) {
+static inline __attribute__((always_inline)) void AccumulatePV(const float* p, const float* vb,
+                                                               int64_t D, float* o) {
   constexpr int W = sizeof(V) / sizeof(float), CW = NV * W;
   int64_t d0 = 0;
   for (; d0 + CW <= D; d0 += CW) {
     V acc[RB][NV];
     for (int r = 0; r < RB; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = Load<V>(o + r * D + d0 + v * W);
-    for (int64_t c = 0; c < nk; ++c) {
+    for (int64_t c = 0; c < kKB; ++c) {
       V vv[NV];
-      for (int v = 0; v < NV; ++v) vv[v] = Load<V>(vrow[c] + voff + d0 + v * W);
+      for (int v = 0; v < NV; ++v) vv[v] = Load<V>(vb + c * D + d0 + v * W);
       for (int r = 0; r < RB; ++r) {
         const float pv = p[r * kKB + c];
         for (int v = 0; v < NV; ++v) acc[r][v] += pv * vv[v];
@@ -198,33 +209,34 @@ static inline __attribute__((always_inline)) void AccumulatePV(const float* p, i
   }
   if (d0 < D) {
     for (int r = 0; r < RB; ++r)
-      for (int64_t c = 0; c < nk; ++c) {
+      for (int64_t c = 0; c < kKB; ++c) {
         const float pv = p[r * kKB + c];
-        const float* v = vrow[c] + voff;
+        const float* v = vb + c * D;
         for (int64_t d = d0; d < D; ++d) o[r * D + d] += pv * v[d];
       }
   }
 }
 
-// Scores of rows [0, nq) of the task against key block [t0, t0 + nk), masks applied.
+// Scores of rows [0, nqr) (nqr: nq rounded up to RB; the extra rows have zero queries) of the
+// task against key block [t0, t0 + nk), masks applied to rows [0, nq).
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockScores(const AttentionArgs& a,
                                                               const KeyLayout& kl, int64_t b,
                                                               int64_t h, int64_t i0, int64_t nq,
-                                                              int64_t t0, int64_t nk,
+                                                              int64_t nqr, int64_t t0, int64_t nk,
                                                               Scratch& sc) {
   const int64_t D = a.D, tp = kl.tpad[b];
   const float* kt = kl.kt.data() + kl.kt_off[b] + h * D * tp + t0;
-  int64_t r = 0;
-  for (; r + RB <= nq; r += RB)
-    ScoreRows<RB, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
-  for (; r < nq; ++r) ScoreRows<1, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);
+  for (int64_t r = 0; r < nqr; r += RB)
+    ScoreRows<RB, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);  // tile r / RB
 
   if (nk < kKB)  // padding columns (zero keys) take no part
     for (int64_t rr = 0; rr < nq; ++rr)
       for (int64_t c = nk; c < kKB; ++c) sc.s[rr * kKB + c] = kNegInf;
-  if (!a.kpm && !a.attn_mask && !a.causal) return;
   const int64_t* col = kl.col.data() + kl.key_off[b] + t0;
+  // Causal: nothing to hide unless some key of the block lies after the first row.
+  const bool causal = a.causal && col[nk - 1] > i0;
+  if (!a.kpm && !a.attn_mask && !causal) return;
   const float* kpm_row = a.kpm ? a.kpm + b * a.S : nullptr;
   for (int64_t rr = 0; rr < nq; ++rr) {
     const int64_t i = i0 + rr;
@@ -232,29 +244,30 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
     const float* am_row = nullptr;
     if (a.attn_mask)
       am_row = a.attn_mask + ((a.attn_mask_3d ? (b * a.H + h) * a.L : 0) + i) * a.S;
-    for (int64_t c = 0; c < nk; ++c) {
-      const int64_t j = col[c];
-      if (j < a.S) {
-        float add = 0.0f;
-        if (kpm_row) add += kpm_row[j];
-        if (am_row) add += am_row[j];
-        srow[c] += add;
+    if (kpm_row || am_row) {
+      for (int64_t c = 0; c < nk; ++c) {
+        const int64_t j = col[c];
+        if (j < a.S) {
+          float add = 0.0f;
+          if (kpm_row) add += kpm_row[j];
+          if (am_row) add += am_row[j];
+          srow[c] += add;
+        }
       }
-      if (a.causal && j > i) srow[c] = kNegInf;
     }
+    if (causal)
+      for (int64_t c = 0; c < nk; ++c)
+        if (col[c] > i) srow[c] = kNegInf;
   }
 }
 
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockPV(const KeyLayout& kl, int64_t b,
-                                                          int64_t h, int64_t D, int64_t nq,
-                                                          int64_t t0, int64_t nk, Scratch& sc) {
-  const float* const* vrow = kl.vrow.data() + kl.key_off[b] + t0;
-  int64_t r = 0;
-  for (; r + RB <= nq; r += RB)
-    AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
-  for (; r < nq; ++r)
-    AccumulatePV<1, NV, V>(sc.s.data() + r * kKB, nk, vrow, h * D, D, sc.acc.data() + r * D);
+                                                          int64_t h, int64_t D, int64_t nqr,
+                                                          int64_t t0, Scratch& sc) {
+  const float* vb = kl.vp.data() + kl.kt_off[b] + (h * kl.tpad[b] + t0) * D;
+  for (int64_t r = 0; r < nqr; r += RB)
+    AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, vb, D, sc.acc.data() + r * D);
 }
 
 // exp(x) for x <= 0 (the argument is always score - running max), on a whole vector:
@@ -283,6 +296,38 @@ static inline __attribute__((always_inline)) V ExpV(V x) {
   return p * scale;
 }
 
+// Horizontal max / sum of a vector by halving (a tree: short dependency chains).
+static inline __attribute__((always_inline)) float HMax(V4 v) {
+  const float a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
+  return a > b ? a : b;
+}
+static inline __attribute__((always_inline)) float HSum(V4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+template <typename V, typename H>
+static inline __attribute__((always_inline)) void Halves(V v, H* lo, H* hi) {
+  std::memcpy(lo, &v, sizeof(H));
+  std::memcpy(hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+}
+static inline __attribute__((always_inline)) float HMax(V8 v) {
+  V4 a, b;
+  Halves(v, &a, &b);
+  return HMax((a > b) ? a : b);
+}
+static inline __attribute__((always_inline)) float HSum(V8 v) {
+  V4 a, b;
+  Halves(v, &a, &b);
+  return HSum(a + b);
+}
+static inline __attribute__((always_inline)) float HMax(V16 v) {
+  V8 a, b;
+  Halves(v, &a, &b);
+  return HMax((a > b) ? a : b);
+}
+static inline __attribute__((always_inline)) float HSum(V16 v) {
+  V8 a, b;
+  Halves(v, &a, &b);
+  return HSum(a + b);
+}
+
 // Maximum of a whole kKB block (padding columns hold -inf; NaN is ignored here and propagates
 // through the exponentials instead).
 template <typename V>
@@ -293,14 +338,13 @@ static inline __attribute__((always_inline)) float BlockMax(const float* s) {
     const V v = Load<V>(s + c);
     lane = (v > lane) ? v : lane;
   }
-  float mx = kNegInf;
-  for (int j = 0; j < W; ++j) mx = lane[j] > mx ? lane[j] : mx;
-  return mx;
+  return HMax(lane);  // the lanes are never NaN
 }
 
-// p = exp(s - m) * mul (exactly 0 where s = -inf), stored over s; returns sum(p).
+// p = exp(s - m) * mul (exactly 0 where s = -inf), stored over s; returns the lane-wise sums of
+// p (reduced to one number only once per row, at the end).
 template <typename V>
-static inline __attribute__((always_inline)) float BlockExp(float* s, float m, float mul) {
+static inline __attribute__((always_inline)) V BlockExp(float* s, float m, float mul) {
   constexpr int W = sizeof(V) / sizeof(float);
   const V ninf = Splat<V>(kNegInf), zero = V{};
   V lane = V{};
@@ -311,16 +355,16 @@ static inline __attribute__((always_inline)) float BlockExp(float* s, float m, f
     Store<V>(s + c, p);
     lane += p;
   }
-  float sum = 0.0f;
-  for (int j = 0; j < W; ++j) sum += lane[j];
-  return sum;
+  return lane;
 }
 
 template <bool kWeights, int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a,
                                                            const KeyLayout& kl, int64_t b,
                                                            int64_t h, int64_t i0, int64_t nq) {
+  static_assert(kQB % RB == 0, "query block must be a whole number of row tiles");
   const int64_t D = a.D;
+  const int64_t nqr = (nq + RB - 1) / RB * RB;
   Scratch& sc = LocalScratch();
   sc.qs.resize(kQB * D);
   sc.acc.assign(kQB * D, 0.0f);
@@ -328,75 +372,108 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
   sc.m.assign(kQB, kNegInf);
   sc.l.assign(kQB, 0.0f);
 
+  // The query rows and output rows of one head are short pieces of long rows (stride E or 3E):
+  // ask for all their cache lines up front so the misses overlap.
   for (int64_t r = 0; r < nq; ++r) {
     const float* q = a.q + (b * a.L + i0 + r) * a.q_stride + h * D;
-    float* qs = sc.qs.data() + r * D;
-    for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
+    float* out = a.out + (b * a.L + i0 + r) * a.out_stride + h * D;
+    for (int64_t d = 0; d < D; d += 16) {
+      __builtin_prefetch(q + d);
+      __builtin_prefetch(out + d, 1);
+    }
   }
+  // Scaled queries in RB-row tiles, d-major (see ScoreRows); rows past nq are zero.
+  for (int64_t r = 0; r < nqr; ++r) {
+    float* qs = sc.qs.data() + (r / RB) * RB * D + (r % RB);
+    if (r < nq) {
+      const float* q = a.q + (b * a.L + i0 + r) * a.q_stride + h * D;
+      for (int64_t d = 0; d < D; ++d) qs[d * RB] = q[d] * a.scale;
+    } else {
+      for (int64_t d = 0; d < D; ++d) qs[d * RB] = 0.0f;
+    }
+  }
+  constexpr int W = sizeof(V) / sizeof(float);
+  sc.lv.assign(kQB * W, 0.0f);
   const int64_t total = kl.total[b];
   const int64_t Sp = a.S + (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
   const int64_t* cols = kl.col.data() + kl.key_off[b];
   float* m = sc.m.data();
   float* l = sc.l.data();
+  // Key columns increase with t, so under the causal mask every block from the first whose
+  // smallest column lies after the last row is hidden entirely: it would add exactly 0.
+  int64_t end = total;
+  if (a.causal) {
+    const int64_t imax = i0 + nq - 1;
+    for (int64_t t0 = 0; t0 < total; t0 += kKB)
+      if (cols[t0] > imax) {
+        end = t0;
+        break;
+      }
+  }
 
   if (!kWeights) {
     // One pass, online softmax.
-    for (int64_t t0 = 0; t0 < total; t0 += kKB) {
+    for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         const float mx = BlockMax<V>(srow);
         const float mnew = mx > m[r] ? mx : m[r];
         const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const float sum = BlockExp<V>(srow, mnew, 1.0f);
-        l[r] = l[r] * alpha + sum;
+        const V sum = BlockExp<V>(srow, mnew, 1.0f);
+        float* lv = sc.lv.data() + r * W;
+        Store<V>(lv, Load<V>(lv) * alpha + sum);
         m[r] = mnew;
         if (alpha != 1.0f) {
           float* acc = sc.acc.data() + r * D;
           for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
         }
       }
-      BlockPV<RB, NV, V>(kl, b, h, D, nq, t0, nk, sc);
+      BlockPV<RB, NV, V>(kl, b, h, D, nqr, t0, sc);
     }
   } else {
     // Pass 1: row max and normaliser.
-    for (int64_t t0 = 0; t0 < total; t0 += kKB) {
+    for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         const float mx = BlockMax<V>(srow);
         const float mnew = mx > m[r] ? mx : m[r];
         const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const float sum = BlockExp<V>(srow, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
-        l[r] = l[r] * alpha + sum;
+        const V sum = BlockExp<V>(srow, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
+        float* lv = sc.lv.data() + r * W;
+        Store<V>(lv, Load<V>(lv) * alpha + sum);
         m[r] = mnew;
       }
     }
+    for (int64_t r = 0; r < nq; ++r) l[r] = HSum(Load<V>(sc.lv.data() + r * W));
     // Probabilities of dropped (compacted-away) keys are exactly 0.
     for (int64_t r = 0; r < nq; ++r) {
       float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
       std::fill(wrow, wrow + Sp, 0.0f);
     }
     // Pass 2: normalised probabilities, written out and applied to V.
-    for (int64_t t0 = 0; t0 < total; t0 += kKB) {
+    for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
-          for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
+          for (int64_t c = 0; c < kKB; ++c) srow[c] = 0.0f;
           continue;
         }
         BlockExp<V>(srow, m[r], 1.0f / l[r]);
         float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
         for (int64_t c = 0; c < nk; ++c) wrow[cols[t0 + c]] = srow[c];
       }
-      BlockPV<RB, NV, V>(kl, b, h, D, nq, t0, nk, sc);
+      BlockPV<RB, NV, V>(kl, b, h, D, nqr, t0, sc);
     }
   }
 
+  if (!kWeights)
+    for (int64_t r = 0; r < nq; ++r) l[r] = HSum(Load<V>(sc.lv.data() + r * W));
   // Write the head's slice of each row.  S' == 0 (no keys at all) is the "zero" answer in both
   // modes; otherwise l == 0 means every key was masked.
   const float fill = (a.nan_rows && Sp > 0) ? kNaN : 0.0f;
@@ -437,8 +514,8 @@ __attribute__((target("avx2,fma"))) void TaskAvx2(const AttentionArgs& a, const 
 }
 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TaskAvx512(
     const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true, 4, 2, V16>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 4, 2, V16>(a, kl, b, h, i0, nq);
+  if (a.weights) TaskBody<true, 8, 2, V16>(a, kl, b, h, i0, nq);
+  else TaskBody<false, 8, 2, V16>(a, kl, b, h, i0, nq);
 }
 #endif
 
@@ -458,14 +535,33 @@ TaskFn ChooseTask() {
 void Attention(const AttentionArgs& a, const Parallel& par) {
   if (a.B == 0 || a.L == 0 || a.H == 0) return;
   static const TaskFn task = ChooseTask();
-  KeyLayout kl;
+  // Kept by the calling thread between calls (only grows), so the large key/value copies do not
+  // fault in fresh pages on every run.
+  // (A reference: the tasks below run on pool threads, where the name would mean their own.)
+  thread_local KeyLayout kl_cache;
+  KeyLayout& kl = kl_cache;
   PrepareKeys(a, &kl, par);
   const int64_t nqb = (a.L + kQB - 1) / kQB;
   const size_t n = static_cast<size_t>(a.B * a.H * nqb);
+  // Task order: when one batch item's keys and values (all heads) fit comfortably in L2, heads
+  // vary fastest so consecutive tasks read neighbouring pieces of the same query / output rows;
+  // otherwise query blocks vary fastest so one head's keys and values stay in L2.
+  int64_t max_keys = 0;
+  for (int64_t b = 0; b < a.B; ++b) max_keys = std::max(max_keys, kl.tpad[b]);
+  const bool heads_inner = 2 * max_keys * a.H * a.D * static_cast<int64_t>(sizeof(float)) <= (1 << 20);
   par.For(n, [&](size_t t) {
-    const int64_t qb = static_cast<int64_t>(t) % nqb;
-    const int64_t bh = static_cast<int64_t>(t) / nqb;
-    const int64_t h = bh % a.H, b = bh / a.H;
+    int64_t qb, h, b;
+    if (heads_inner) {
+      h = static_cast<int64_t>(t) % a.H;
+      const int64_t bq = static_cast<int64_t>(t) / a.H;
+      qb = bq % nqb;
+      b = bq / nqb;
+    } else {
+      qb = static_cast<int64_t>(t) % nqb;
+      const int64_t bh = static_cast<int64_t>(t) / nqb;
+      h = bh % a.H;
+      b = bh / a.H;
+    }
     const int64_t i0 = qb * kQB;
     task(a, kl, b, h, i0, std::min(kQB, a.L - i0));
   });
