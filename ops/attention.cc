@@ -64,7 +64,66 @@ struct KeyLayout {
   std::vector<float> zeros;
 };
 
-void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par) {
+// Transposes / copies the keys and values of head h of batch item b into kt (D x Tpad) and
+// vp (Tpad x D), zero-padded to Tpad.
+void PackHead(const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, float* kt,
+              float* vp) {
+  const int64_t D = a.D;
+  const int64_t X = (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
+  const int64_t total = kl.total[b];
+  const int64_t n = total - X;
+  const int64_t row_base = a.kv_offset ? a.kv_offset[b] : b * a.S;
+  const int64_t tp = kl.tpad[b];
+  const float* zero = kl.zeros.data();
+  // The rows are short pieces of long projection rows: prefetch a few rows ahead (the source
+  // rows are usually not in cache).  Keys are transposed 16 at a time through a small tile so
+  // every store into kt fills one whole line (a row-by-row transpose wrote D lines Tpad apart,
+  // which conflict in L1 when Tpad is a multiple of 512).
+  constexpr int64_t kAhead = 8, kTile = 16;
+  thread_local std::vector<float> tile_buf;
+  if (tile_buf.size() < static_cast<size_t>(kTile * D)) tile_buf.resize(static_cast<size_t>(kTile * D));
+  float* tile = tile_buf.data();
+  for (int64_t t = 0; t < std::min(n, kAhead); ++t)
+    for (int64_t d = 0; d < D; d += 16) {
+      __builtin_prefetch(a.k + (row_base + t) * a.k_stride + h * D + d);
+      __builtin_prefetch(a.v + (row_base + t) * a.v_stride + h * D + d);
+    }
+  for (int64_t t0 = 0; t0 < total; t0 += kTile) {
+    const int64_t nt = std::min(kTile, total - t0);
+    for (int64_t u = 0; u < nt; ++u) {
+      const int64_t t = t0 + u;
+      if (t + kAhead < n)
+        for (int64_t d = 0; d < D; d += 16) {
+          __builtin_prefetch(a.k + (row_base + t + kAhead) * a.k_stride + h * D + d);
+          __builtin_prefetch(a.v + (row_base + t + kAhead) * a.v_stride + h * D + d);
+        }
+      const float* kp;
+      const float* vsrc;
+      if (t < n) {
+        kp = a.k + (row_base + t) * a.k_stride;
+        vsrc = a.v + (row_base + t) * a.v_stride;
+      } else {
+        const bool is_bias = a.bias_k && t == n;  // bias_kv (if any), then the zero key
+        kp = is_bias ? a.bias_k : zero;
+        vsrc = is_bias ? a.bias_v : zero;
+      }
+      if (D > 0) {
+        std::memcpy(tile + u * D, kp + h * D, static_cast<size_t>(D) * sizeof(float));
+        std::memcpy(vp + t * D, vsrc + h * D, static_cast<size_t>(D) * sizeof(float));
+      }
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      float* dst = kt + d * tp + t0;
+      for (int64_t u = 0; u < nt; ++u) dst[u] = tile[u * D + d];
+    }
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t t = total; t < tp; ++t) kt[d * tp + t] = 0.0f;
+  std::fill(vp + total * D, vp + tp * D, 0.0f);
+}
+
+// Fills the key counts and columns; with pack_all also kt / vp of every head (PackHead).
+void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par, bool pack_all) {
   const int64_t B = a.B, H = a.H, D = a.D, E = H * D;
   const int64_t X = (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
   kl->total.resize(B);
@@ -87,45 +146,22 @@ void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par) {
   auto grow = [](auto& v, int64_t n) {
     if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
   };
-  grow(kl->kt, kt_size);
-  grow(kl->vp, kt_size);
   grow(kl->col, keys);
   kl->zeros.assign(static_cast<size_t>(std::max<int64_t>(E, 1)), 0.0f);
-  const float* zero = kl->zeros.data();
-
-  par.For(static_cast<size_t>(B * H), [&](size_t task) {
-    const int64_t b = static_cast<int64_t>(task) / H, h = static_cast<int64_t>(task) % H;
+  for (int64_t b = 0; b < B; ++b) {
     const int64_t n = kl->total[b] - X;
     const int64_t row_base = a.kv_offset ? a.kv_offset[b] : b * a.S;
-    const int64_t tp = kl->tpad[b];
-    float* kt = kl->kt.data() + kl->kt_off[b] + h * D * tp;
-    float* vp = kl->vp.data() + kl->kt_off[b] + h * D * tp;
-    for (int64_t t = 0; t < kl->total[b]; ++t) {
-      const float* kp;
-      const float* vsrc;
-      if (t < n) {
-        const int64_t row = row_base + t;
-        kp = a.k + row * a.k_stride;
-        vsrc = a.v + row * a.v_stride;
-        if (h == 0) {
-          kl->col[kl->key_off[b] + t] = a.key_index ? a.key_index[row] : t;
-        }
-      } else {
-        const int64_t e = t - n;  // 0: bias_kv (if any), then the zero key
-        const bool is_bias = a.bias_k && e == 0;
-        kp = is_bias ? a.bias_k : zero;
-        vsrc = is_bias ? a.bias_v : zero;
-        if (h == 0) {
-          kl->col[kl->key_off[b] + t] = a.S + e;
-        }
-      }
-      kp += h * D;
-      for (int64_t d = 0; d < D; ++d) kt[d * tp + t] = kp[d];
-      if (D > 0) std::memcpy(vp + t * D, vsrc + h * D, static_cast<size_t>(D) * sizeof(float));
-    }
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t t = kl->total[b]; t < tp; ++t) kt[d * tp + t] = 0.0f;
-    std::fill(vp + kl->total[b] * D, vp + tp * D, 0.0f);
+    int64_t* col = kl->col.data() + kl->key_off[b];
+    for (int64_t t = 0; t < n; ++t) col[t] = a.key_index ? a.key_index[row_base + t] : t;
+    for (int64_t e = 0; e < X; ++e) col[n + e] = a.S + e;
+  }
+  if (!pack_all) return;
+  grow(kl->kt, kt_size);
+  grow(kl->vp, kt_size);
+  par.For(static_cast<size_t>(B * H), [&](size_t task) {
+    const int64_t b = static_cast<int64_t>(task) / H, h = static_cast<int64_t>(task) % H;
+    const int64_t off = kl->kt_off[b] + h * D * kl->tpad[b];
+    PackHead(a, *kl, b, h, kl->kt.data() + off, kl->vp.data() + off);
   });
 }
 
@@ -221,12 +257,13 @@ static inline __attribute__((always_inline)) void AccumulatePV(const float* p, c
 // task against key block [t0, t0 + nk), masks applied to rows [0, nq).
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockScores(const AttentionArgs& a,
-                                                              const KeyLayout& kl, int64_t b,
+                                                              const KeyLayout& kl,
+                                                              const float* kt_bh, int64_t b,
                                                               int64_t h, int64_t i0, int64_t nq,
                                                               int64_t nqr, int64_t t0, int64_t nk,
                                                               Scratch& sc) {
   const int64_t D = a.D, tp = kl.tpad[b];
-  const float* kt = kl.kt.data() + kl.kt_off[b] + h * D * tp + t0;
+  const float* kt = kt_bh + t0;
   for (int64_t r = 0; r < nqr; r += RB)
     ScoreRows<RB, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);  // tile r / RB
 
@@ -262,10 +299,9 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
 }
 
 template <int RB, int NV, typename V>
-static inline __attribute__((always_inline)) void BlockPV(const KeyLayout& kl, int64_t b,
-                                                          int64_t h, int64_t D, int64_t nqr,
-                                                          int64_t t0, Scratch& sc) {
-  const float* vb = kl.vp.data() + kl.kt_off[b] + (h * kl.tpad[b] + t0) * D;
+static inline __attribute__((always_inline)) void BlockPV(const float* vp_bh, int64_t D,
+                                                          int64_t nqr, int64_t t0, Scratch& sc) {
+  const float* vb = vp_bh + t0 * D;
   for (int64_t r = 0; r < nqr; r += RB)
     AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, vb, D, sc.acc.data() + r * D);
 }
@@ -360,7 +396,9 @@ static inline __attribute__((always_inline)) V BlockExp(float* s, float m, float
 
 template <bool kWeights, int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a,
-                                                           const KeyLayout& kl, int64_t b,
+                                                           const KeyLayout& kl,
+                                                           const float* kt_bh,
+                                                           const float* vp_bh, int64_t b,
                                                            int64_t h, int64_t i0, int64_t nq) {
   static_assert(kQB % RB == 0, "query block must be a whole number of row tiles");
   const int64_t D = a.D;
@@ -415,7 +453,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
     // One pass, online softmax.
     for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, nqr, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         const float mx = BlockMax<V>(srow);
@@ -430,13 +468,13 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
           for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
         }
       }
-      BlockPV<RB, NV, V>(kl, b, h, D, nqr, t0, sc);
+      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, sc);
     }
   } else {
     // Pass 1: row max and normaliser.
     for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, nqr, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         const float mx = BlockMax<V>(srow);
@@ -457,7 +495,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
     // Pass 2: normalised probabilities, written out and applied to V.
     for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
-      BlockScores<RB, NV, V>(a, kl, b, h, i0, nq, nqr, t0, nk, sc);
+      BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
         if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
@@ -468,7 +506,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
         float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
         for (int64_t c = 0; c < nk; ++c) wrow[cols[t0 + c]] = srow[c];
       }
-      BlockPV<RB, NV, V>(kl, b, h, D, nqr, t0, sc);
+      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, sc);
     }
   }
 
@@ -495,27 +533,30 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
   }
 }
 
-using TaskFn = void (*)(const AttentionArgs&, const KeyLayout&, int64_t, int64_t, int64_t,
-                       int64_t);
+// kt_bh / vp_bh: the packed keys / values of head h of batch item b (PackHead).
+using TaskFn = void (*)(const AttentionArgs&, const KeyLayout&, const float*, const float*,
+                       int64_t, int64_t, int64_t, int64_t);
 
 // Register tiles: 4 rows x 2 vectors = 8 vector registers of accumulators for each ISA.
-void TaskGeneric(const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0,
-                 int64_t nq) {
-  if (a.weights) TaskBody<true, 4, 2, V4>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 4, 2, V4>(a, kl, b, h, i0, nq);
+void TaskGeneric(const AttentionArgs& a, const KeyLayout& kl, const float* kt_bh,
+                 const float* vp_bh, int64_t b, int64_t h, int64_t i0, int64_t nq) {
+  if (a.weights) TaskBody<true, 4, 2, V4>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
+  else TaskBody<false, 4, 2, V4>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MASKEDMHA_X86_DISPATCH 1
 __attribute__((target("avx2,fma"))) void TaskAvx2(const AttentionArgs& a, const KeyLayout& kl,
+                                                  const float* kt_bh, const float* vp_bh,
                                                   int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true, 4, 2, V8>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 4, 2, V8>(a, kl, b, h, i0, nq);
+  if (a.weights) TaskBody<true, 4, 2, V8>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
+  else TaskBody<false, 4, 2, V8>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
 }
 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TaskAvx512(
-    const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, int64_t i0, int64_t nq) {
-  if (a.weights) TaskBody<true, 8, 2, V16>(a, kl, b, h, i0, nq);
-  else TaskBody<false, 8, 2, V16>(a, kl, b, h, i0, nq);
+    const AttentionArgs& a, const KeyLayout& kl, const float* kt_bh, const float* vp_bh,
+    int64_t b, int64_t h, int64_t i0, int64_t nq) {
+  if (a.weights) TaskBody<true, 8, 2, V16>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
+  else TaskBody<false, 8, 2, V16>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
 }
 #endif
 
@@ -535,35 +576,40 @@ TaskFn ChooseTask() {
 void Attention(const AttentionArgs& a, const Parallel& par) {
   if (a.B == 0 || a.L == 0 || a.H == 0) return;
   static const TaskFn task = ChooseTask();
-  // Kept by the calling thread between calls (only grows), so the large key/value copies do not
-  // fault in fresh pages on every run.
-  // (A reference: the tasks below run on pool threads, where the name would mean their own.)
+  const int64_t nqb = (a.L + kQB - 1) / kQB;
+  // Kept by the calling thread between calls (only grows), so large buffers do not fault in
+  // fresh pages on every run.  (A reference: the tasks below run on pool threads, where the
+  // name would mean their own copy.)
   thread_local KeyLayout kl_cache;
   KeyLayout& kl = kl_cache;
-  PrepareKeys(a, &kl, par);
-  const int64_t nqb = (a.L + kQB - 1) / kQB;
+  // With enough (batch, head) pairs to share out, one task per pair packs that head's keys and
+  // values into a per-thread buffer (it stays in L2) and runs all its query blocks; otherwise
+  // every head is packed first and the tasks are (batch, head, query block).
+  const bool per_head = a.B * a.H >= 8;
+  PrepareKeys(a, &kl, par, !per_head);
+  if (per_head) {
+    par.For(static_cast<size_t>(a.B * a.H), [&](size_t t) {
+      const int64_t b = static_cast<int64_t>(t) / a.H, h = static_cast<int64_t>(t) % a.H;
+      const size_t size = static_cast<size_t>(kl.tpad[b] * a.D);
+      thread_local std::vector<float> kt_buf, vp_buf;
+      if (kt_buf.size() < size) kt_buf.resize(size);
+      if (vp_buf.size() < size) vp_buf.resize(size);
+      PackHead(a, kl, b, h, kt_buf.data(), vp_buf.data());
+      for (int64_t qb = 0; qb < nqb; ++qb) {
+        const int64_t i0 = qb * kQB;
+        task(a, kl, kt_buf.data(), vp_buf.data(), b, h, i0, std::min(kQB, a.L - i0));
+      }
+    });
+    return;
+  }
   const size_t n = static_cast<size_t>(a.B * a.H * nqb);
-  // Task order: when one batch item's keys and values (all heads) fit comfortably in L2, heads
-  // vary fastest so consecutive tasks read neighbouring pieces of the same query / output rows;
-  // otherwise query blocks vary fastest so one head's keys and values stay in L2.
-  int64_t max_keys = 0;
-  for (int64_t b = 0; b < a.B; ++b) max_keys = std::max(max_keys, kl.tpad[b]);
-  const bool heads_inner = 2 * max_keys * a.H * a.D * static_cast<int64_t>(sizeof(float)) <= (1 << 20);
   par.For(n, [&](size_t t) {
-    int64_t qb, h, b;
-    if (heads_inner) {
-      h = static_cast<int64_t>(t) % a.H;
-      const int64_t bq = static_cast<int64_t>(t) / a.H;
-      qb = bq % nqb;
-      b = bq / nqb;
-    } else {
-      qb = static_cast<int64_t>(t) % nqb;
-      const int64_t bh = static_cast<int64_t>(t) / nqb;
-      h = bh % a.H;
-      b = bh / a.H;
-    }
+    const int64_t qb = static_cast<int64_t>(t) % nqb;
+    const int64_t bh = static_cast<int64_t>(t) / nqb;
+    const int64_t h = bh % a.H, b = bh / a.H;
     const int64_t i0 = qb * kQB;
-    task(a, kl, b, h, i0, std::min(kQB, a.L - i0));
+    const int64_t off = kl.kt_off[b] + h * a.D * kl.tpad[b];
+    task(a, kl, kl.kt.data() + off, kl.vp.data() + off, b, h, i0, std::min(kQB, a.L - i0));
   });
 }
 
