@@ -26,6 +26,7 @@
 #include <limits>
 #include <vector>
 
+#include "aligned.h"
 #include "cpu.h"
 
 namespace maskedmha {
@@ -39,7 +40,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 struct Scratch {
-  std::vector<float> qs, acc, s, m, l, lv;
+  AlignedVector<float> qs, acc, s, m, l, lv;
 };
 
 Scratch& LocalScratch() {
@@ -58,8 +59,8 @@ struct KeyLayout {
   std::vector<int64_t> tpad;    // T_b rounded up to kKB
   std::vector<int64_t> kt_off;  // offset of (b, h=0) in kt; head h adds h * D * tpad[b]
   std::vector<int64_t> key_off; // offset of batch b in col
-  std::vector<float> kt;
-  std::vector<float> vp;        // per (b, h) a (Tpad x D) value matrix (same offsets as kt)
+  AlignedVector<float> kt;
+  AlignedVector<float> vp;        // per (b, h) a (Tpad x D) value matrix (same offsets as kt)
   std::vector<int64_t> col;
   std::vector<float> zeros;
 };
@@ -591,7 +592,7 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
     par.For(static_cast<size_t>(a.B * a.H), [&](size_t t) {
       const int64_t b = static_cast<int64_t>(t) / a.H, h = static_cast<int64_t>(t) % a.H;
       const size_t size = static_cast<size_t>(kl.tpad[b] * a.D);
-      thread_local std::vector<float> kt_buf, vp_buf;
+      thread_local AlignedVector<float> kt_buf, vp_buf;
       if (kt_buf.size() < size) kt_buf.resize(size);
       if (vp_buf.size() < size) vp_buf.resize(size);
       PackHead(a, kl, b, h, kt_buf.data(), vp_buf.data());

@@ -233,7 +233,7 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
   const size_t np = (w.n + nr - 1) / nr;
   const size_t mp = (m + mr - 1) / mr;  // micro-panels of A
   // Per calling thread, reused across calls (concurrent runs call from different threads).
-  thread_local std::vector<float> apack_buf, bias_buf;
+  thread_local AlignedVector<float> apack_buf, bias_buf;
   if (apack_buf.size() < mp * mr * k) apack_buf.resize(mp * mr * k);
   // Bias padded to whole panels (zeros when absent), so the first K slice starts from it.
   bias_buf.assign(np * nr, 0.0f);

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <vector>
 
+#include "aligned.h"
 #include "parallel.h"
 
 namespace maskedmha {
@@ -14,7 +15,7 @@ namespace maskedmha {
 // columns (vectorisable without reassociating sums).  Packing costs N·K, the GEMM M·N·K.
 struct PackedWeight {
   size_t n = 0, k = 0, nr = 0;
-  std::vector<float> panels;  // ceil(n / nr) * k * nr
+  AlignedVector<float> panels;  // ceil(n / nr) * k * nr
 };
 // Packs rows [row0, row0 + n) of the (*, k) matrix w.
 void PackWeight(const float* w, size_t row0, size_t n, size_t k, PackedWeight* out);
