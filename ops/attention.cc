@@ -34,7 +34,11 @@ namespace maskedmha {
 namespace {
 
 constexpr int64_t kQB = 32;  // query rows per task
-constexpr int64_t kKB = 64;  // keys per block
+constexpr int64_t kKB = 128;  // keys per block (L = 128 then needs no softmax rescaling)
+// Key counts are padded to a multiple of this (a whole number of score chunks of every ISA;
+// the last block of a row only computes the chunks that hold keys).
+constexpr int64_t kTPad = 32;
+static_assert(kKB % kTPad == 0, "blocks are whole chunks");
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -49,14 +53,14 @@ Scratch& LocalScratch() {
 }
 
 // Keys of every batch item laid out once for all query blocks (built by PrepareKeys):
-//  * kt: per (b, h) a (D x Tpad) transposed key matrix, Tpad = T_b rounded up to kKB, padded
-//    with zero columns, so the score loop runs over whole kKB-wide blocks of contiguous keys;
+//  * kt: per (b, h) a (D x Tpad) transposed key matrix, Tpad = T_b rounded up to kTPad, padded
+//    with zero columns, so the score loop runs over whole chunks of contiguous keys;
 //  * vp: per (b, h) the (Tpad x D) values of those keys, contiguous rows, zero rows for padding;
 //  * col: per key t of batch b, its column in
 //    the S' key axis (original position for given keys, S + e for extra key e).
 struct KeyLayout {
   std::vector<int64_t> total;   // T_b: keys of batch b that take part (given + extra)
-  std::vector<int64_t> tpad;    // T_b rounded up to kKB
+  std::vector<int64_t> tpad;    // T_b rounded up to kTPad
   std::vector<int64_t> kt_off;  // offset of (b, h=0) in kt; head h adds h * D * tpad[b]
   std::vector<int64_t> key_off; // offset of batch b in col
   AlignedVector<float> kt;
@@ -135,7 +139,7 @@ void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par, boo
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = a.kv_offset ? a.kv_offset[b + 1] - a.kv_offset[b] : a.S;
     kl->total[b] = n + X;
-    kl->tpad[b] = (kl->total[b] + kKB - 1) / kKB * kKB;
+    kl->tpad[b] = (kl->total[b] + kTPad - 1) / kTPad * kTPad;
     kl->kt_off[b] = kt_size;
     kl->key_off[b] = keys;
     kt_size += H * D * kl->tpad[b];
@@ -201,10 +205,10 @@ static inline __attribute__((always_inline)) V Splat(float x) {
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void ScoreRows(const float* q, int64_t D,
                                                             const float* kt, int64_t ldk,
-                                                            float* s) {
+                                                            float* s, int64_t nk) {
   constexpr int W = sizeof(V) / sizeof(float), CW = NV * W;
   static_assert(kKB % CW == 0, "key block must be a whole number of chunks");
-  for (int c0 = 0; c0 < kKB; c0 += CW) {
+  for (int c0 = 0; c0 < nk; c0 += CW) {  // chunks wholly past the last key are skipped
     V acc[RB][NV];
     for (int r = 0; r < RB; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = V{};
@@ -221,19 +225,19 @@ static inline __attribute__((always_inline)) void ScoreRows(const float* q, int6
   }
 }
 
-// o[r][:] += sum_c p[r][c] * vb[c][:] for RB rows over a whole kKB key block (vb: kKB
+// o[r][:] += sum_c p[r][c] * vb[c][:] for RB rows over the first nk keys of a block (vb: kKB
 // contiguous value rows of width D, zero rows past the last key; p is 0 there), D walked in
 // NV-vector register chunks.
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void AccumulatePV(const float* p, const float* vb,
-                                                               int64_t D, float* o) {
+                                                               int64_t nk, int64_t D, float* o) {
   constexpr int W = sizeof(V) / sizeof(float), CW = NV * W;
   int64_t d0 = 0;
   for (; d0 + CW <= D; d0 += CW) {
     V acc[RB][NV];
     for (int r = 0; r < RB; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = Load<V>(o + r * D + d0 + v * W);
-    for (int64_t c = 0; c < kKB; ++c) {
+    for (int64_t c = 0; c < nk; ++c) {
       V vv[NV];
       for (int v = 0; v < NV; ++v) vv[v] = Load<V>(vb + c * D + d0 + v * W);
       for (int r = 0; r < RB; ++r) {
@@ -246,7 +250,7 @@ static inline __attribute__((always_inline)) void AccumulatePV(const float* p, c
   }
   if (d0 < D) {
     for (int r = 0; r < RB; ++r)
-      for (int64_t c = 0; c < kKB; ++c) {
+      for (int64_t c = 0; c < nk; ++c) {
         const float pv = p[r * kKB + c];
         const float* v = vb + c * D;
         for (int64_t d = d0; d < D; ++d) o[r * D + d] += pv * v[d];
@@ -266,7 +270,7 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   const int64_t D = a.D, tp = kl.tpad[b];
   const float* kt = kt_bh + t0;
   for (int64_t r = 0; r < nqr; r += RB)
-    ScoreRows<RB, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB);  // tile r / RB
+    ScoreRows<RB, NV, V>(sc.qs.data() + r * D, D, kt, tp, sc.s.data() + r * kKB, nk);  // tile r / RB
 
   if (nk < kKB)  // padding columns (zero keys) take no part
     for (int64_t rr = 0; rr < nq; ++rr)
@@ -301,10 +305,11 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
 
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockPV(const float* vp_bh, int64_t D,
-                                                          int64_t nqr, int64_t t0, Scratch& sc) {
+                                                          int64_t nqr, int64_t t0, int64_t nk,
+                                                          Scratch& sc) {
   const float* vb = vp_bh + t0 * D;
   for (int64_t r = 0; r < nqr; r += RB)
-    AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, vb, D, sc.acc.data() + r * D);
+    AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, vb, nk, D, sc.acc.data() + r * D);
 }
 
 // exp(x) for x <= 0 (the argument is always score - running max), on a whole vector:
@@ -365,13 +370,13 @@ static inline __attribute__((always_inline)) float HSum(V16 v) {
   return HSum(a + b);
 }
 
-// Maximum of a whole kKB block (padding columns hold -inf; NaN is ignored here and propagates
+// Maximum of the first n (whole vectors) scores of a block (padding columns hold -inf; NaN is ignored here and propagates
 // through the exponentials instead).
 template <typename V>
-static inline __attribute__((always_inline)) float BlockMax(const float* s) {
+static inline __attribute__((always_inline)) float BlockMax(const float* s, int64_t n) {
   constexpr int W = sizeof(V) / sizeof(float);
   V lane = Splat<V>(kNegInf);
-  for (int c = 0; c < kKB; c += W) {
+  for (int64_t c = 0; c < n; c += W) {
     const V v = Load<V>(s + c);
     lane = (v > lane) ? v : lane;
   }
@@ -381,11 +386,11 @@ static inline __attribute__((always_inline)) float BlockMax(const float* s) {
 // p = exp(s - m) * mul (exactly 0 where s = -inf), stored over s; returns the lane-wise sums of
 // p (reduced to one number only once per row, at the end).
 template <typename V>
-static inline __attribute__((always_inline)) V BlockExp(float* s, float m, float mul) {
+static inline __attribute__((always_inline)) V BlockExp(float* s, int64_t n, float m, float mul) {
   constexpr int W = sizeof(V) / sizeof(float);
   const V ninf = Splat<V>(kNegInf), zero = V{};
   V lane = V{};
-  for (int c = 0; c < kKB; c += W) {
+  for (int64_t c = 0; c < n; c += W) {
     const V v = Load<V>(s + c);
     const V e = ExpV<V>(v - m) * mul;
     const V p = (v == ninf) ? zero : e;
@@ -454,13 +459,14 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
     // One pass, online softmax.
     for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
+      const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
-        const float mx = BlockMax<V>(srow);
+        const float mx = BlockMax<V>(srow, nw);
         const float mnew = mx > m[r] ? mx : m[r];
         const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const V sum = BlockExp<V>(srow, mnew, 1.0f);
+        const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);
         float* lv = sc.lv.data() + r * W;
         Store<V>(lv, Load<V>(lv) * alpha + sum);
         m[r] = mnew;
@@ -469,19 +475,20 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
           for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
         }
       }
-      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, sc);
+      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
     }
   } else {
     // Pass 1: row max and normaliser.
     for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
+      const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
-        const float mx = BlockMax<V>(srow);
+        const float mx = BlockMax<V>(srow, nw);
         const float mnew = mx > m[r] ? mx : m[r];
         const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const V sum = BlockExp<V>(srow, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
+        const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
         float* lv = sc.lv.data() + r * W;
         Store<V>(lv, Load<V>(lv) * alpha + sum);
         m[r] = mnew;
@@ -496,6 +503,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
     // Pass 2: normalised probabilities, written out and applied to V.
     for (int64_t t0 = 0; t0 < end; t0 += kKB) {
       const int64_t nk = std::min(kKB, total - t0);
+      const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = sc.s.data() + r * kKB;
@@ -503,11 +511,11 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
           for (int64_t c = 0; c < kKB; ++c) srow[c] = 0.0f;
           continue;
         }
-        BlockExp<V>(srow, m[r], 1.0f / l[r]);
+        BlockExp<V>(srow, nw, m[r], 1.0f / l[r]);
         float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
         for (int64_t c = 0; c < nk; ++c) wrow[cols[t0 + c]] = srow[c];
       }
-      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, sc);
+      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
     }
   }
 
