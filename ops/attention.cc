@@ -597,8 +597,16 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
   const bool per_head = a.B * a.H >= 8;
   PrepareKeys(a, &kl, par, !per_head);
   if (per_head) {
+    // Batch items with the most keys first: the pool hands out tasks in index order, so the
+    // longest ones do not end up alone at the tail (key counts differ under padding).
+    thread_local std::vector<int64_t> order_cache;
+    std::vector<int64_t>& order = order_cache;
+    order.resize(static_cast<size_t>(a.B));
+    for (int64_t b = 0; b < a.B; ++b) order[b] = b;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return kl.total[x] > kl.total[y]; });
     par.For(static_cast<size_t>(a.B * a.H), [&](size_t t) {
-      const int64_t b = static_cast<int64_t>(t) / a.H, h = static_cast<int64_t>(t) % a.H;
+      const int64_t b = order[static_cast<int64_t>(t) / a.H], h = static_cast<int64_t>(t) % a.H;
       const size_t size = static_cast<size_t>(kl.tpad[b] * a.D);
       thread_local AlignedVector<float> kt_buf, vp_buf;
       if (kt_buf.size() < size) kt_buf.resize(size);
