@@ -1,10 +1,14 @@
 // Attention core (see attention.h).
 //
-// Work split: first one task per (batch b, head h) lays the keys out transposed, (D x T_b) per
-// head, padded to whole kKB blocks (PrepareKeys), so every query block reuses them; then one
-// task per (b, h, block of kQB query rows), run on the session pool.  Per task, keys are walked
-// in blocks of kKB; scores are register tiles over contiguous key columns (vectorised without
-// reassociating sums; no -ffast-math: masks rely on IEEE -inf / NaN behaviour).
+// Work split (session pool): each head's keys are laid out once (PackHead) as a transposed
+// (D x Tpad) matrix plus contiguous value rows, so every query block reuses them.  With at
+// least 8 (batch b, head h) pairs there is one task per pair: it packs that head into a
+// per-thread buffer (which stays in L2) and runs all its blocks of kQB query rows; otherwise all
+// heads are packed first (PrepareKeys) and there is one task per (b, h, query block).  Per query
+// block, keys are walked in blocks of kKB; scores and P·V are register tiles (RB rows x 2
+// vectors) over contiguous key / value columns (vectorised without reassociating sums; no
+// -ffast-math: masks rely on IEEE -inf / NaN behaviour).  Under is_causal the key blocks that
+// lie wholly after the block's last query row are skipped (they would add exactly 0).
 //
 // Softmax:
 //  * without weights: one pass, online softmax (running max m, running sum l, rescaled
@@ -546,7 +550,8 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
 using TaskFn = void (*)(const AttentionArgs&, const KeyLayout&, const float*, const float*,
                        int64_t, int64_t, int64_t, int64_t);
 
-// Register tiles: 4 rows x 2 vectors = 8 vector registers of accumulators for each ISA.
+// Register tiles: RB rows x 2 vectors of accumulators (8 for SSE / AVX2, 16 of the 32 zmm for
+// AVX-512).
 void TaskGeneric(const AttentionArgs& a, const KeyLayout& kl, const float* kt_bh,
                  const float* vp_bh, int64_t b, int64_t h, int64_t i0, int64_t nq) {
   if (a.weights) TaskBody<true, 4, 2, V4>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
