@@ -28,7 +28,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import maskedmha
-from test_kernel import INPUT_NAMES, assert_close, make_feeds, torch_reference
+from test_kernel import INPUT_NAMES, assert_close, make_feeds, single_node_model, torch_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
 
@@ -99,18 +99,7 @@ def loose_model(feeds: dict, num_heads: int, need_weights=False, **attrs) -> byt
         elem = {"tensor(float)": TensorProto.FLOAT}.get(dtype) if isinstance(dtype, str) \
             else _ONNX_TYPE[np.dtype(dtype)]
         graph_inputs.append(helper.make_tensor_value_info(name, elem, None))
-    while node_inputs and node_inputs[-1] == "":
-        node_inputs.pop()
-    outputs = ["output"] + (["attn_weights"] if need_weights else [])
-    node = helper.make_node("MaskedMHA", node_inputs, outputs, domain=maskedmha.DOMAIN,
-                            num_heads=num_heads, **attrs)
-    graph = helper.make_graph([node], "bad_inputs", graph_inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                               for o in outputs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid(maskedmha.DOMAIN, 1)])
-    model.ir_version = 10
-    return model.SerializeToString()
+    return single_node_model(node_inputs, graph_inputs, num_heads, need_weights, **attrs)
 
 
 def _session(model: bytes) -> ort.InferenceSession:

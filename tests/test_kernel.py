@@ -52,6 +52,13 @@ def make_model(feeds: dict, num_heads: int, need_weights: bool = False, ranks: d
         rank = (ranks or {}).get(name, arr.ndim)
         dims = [f"{name}_d{i}" for i in range(rank)]
         graph_inputs.append(helper.make_tensor_value_info(name, _NP_TO_ONNX[arr.dtype], dims))
+    return single_node_model(node_inputs, graph_inputs, num_heads, need_weights, **attrs)
+
+
+def single_node_model(node_inputs: list[str], graph_inputs: list, num_heads: int,
+                      need_weights: bool = False, **attrs) -> bytes:
+    """The serialized one-MaskedMHA-node model over the given graph inputs ("" = omitted)."""
+    node_inputs = list(node_inputs)
     while node_inputs and node_inputs[-1] == "":
         node_inputs.pop()
     outputs = ["output"] + (["attn_weights"] if need_weights else [])
