@@ -12,6 +12,8 @@
 //  * Bool masks become additive 0 / -inf float masks once; float masks are used in place.
 #include "masked_mha_op.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -19,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned.h"
 #include "attention.h"
 #include "gemm.h"
 #include "parallel.h"
@@ -85,28 +88,62 @@ bool Flag(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_
   return v == 1;
 }
 
+// Splits [0, n) into at most `max_tasks` chunks of at least `grain` elements and runs
+// fn(begin, end) for each on the pool (one chunk: on the calling thread).  For the setup loops
+// (mask conversion, NaN checks, row gathers), which are too short to be worth a pool dispatch
+// for small inputs.
+template <typename Fn>
+void ForChunks(const Parallel& par, size_t n, size_t grain, Fn&& fn) {
+  constexpr size_t kMaxTasks = 16;
+  const size_t tasks = std::max<size_t>(1, std::min(kMaxTasks, n / std::max<size_t>(grain, 1)));
+  if (tasks == 1) {
+    if (n) fn(size_t{0}, n);
+    return;
+  }
+  par.For(tasks, [&](size_t t) { fn(t * n / tasks, (t + 1) * n / tasks); });
+}
+
 // True when a float mask could turn a hidden key into NaN (so compaction is not exact).
-bool HasNanOrPosInf(const float* m, size_t n) {
-  for (size_t i = 0; i < n; ++i)
-    if (std::isnan(m[i]) || m[i] == std::numeric_limits<float>::infinity()) return true;
-  return false;
+bool HasNanOrPosInf(const float* m, size_t n, const Parallel& par) {
+  std::atomic<bool> found{false};
+  ForChunks(par, n, size_t{1} << 15, [&](size_t i0, size_t i1) {
+    bool f = false;
+    for (size_t i = i0; i < i1; ++i)
+      f |= std::isnan(m[i]) || m[i] == std::numeric_limits<float>::infinity();
+    if (f) found.store(true, std::memory_order_relaxed);
+  });
+  return found.load();
 }
 
-void BoolToAdditive(const bool* m, size_t n, std::vector<float>* out) {
-  out->resize(n);
+void BoolToAdditive(const bool* m, size_t n, float* out, const Parallel& par) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  for (size_t i = 0; i < n; ++i) (*out)[i] = m[i] ? ninf : 0.0f;
+  ForChunks(par, n, size_t{1} << 15, [&](size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; ++i) out[i] = m[i] ? ninf : 0.0f;
+  });
 }
 
-// Scratch array that is not zero-filled (every element is written before it is read), unlike
-// std::vector::resize, which would cost a memset of each intermediate.
+// Scratch array that is not zero-filled on reuse (every element is written before it is read)
+// and is 64-byte aligned.  Kept per calling thread between calls (it only grows), so the large
+// intermediates do not fault in fresh zeroed pages on every run; concurrent runs of one kernel
+// come from different threads and so get different buffers.
 class Buffer {
  public:
-  void resize(size_t n) { data_.reset(n ? new float[n] : nullptr); }
-  float* data() { return data_.get(); }
+  float* resize(size_t n) {
+    if (v_.size() < n) {
+      v_ = AlignedVector<float>();  // drop the old block first: no copy of its contents
+      v_.resize(n);
+    }
+    return v_.data();
+  }
+  float* data() { return v_.data(); }
 
  private:
-  std::unique_ptr<float[]> data_;
+  AlignedVector<float> v_;
+};
+
+struct Scratch {
+  Buffer qkv, qbuf, kbuf, vbuf, kg, vg, attn, per_head, kpm, am;
+  std::vector<int64_t> kv_offset, key_index;
 };
 
 OrtStatusPtr ToStatus(const OrtApi& api, OrtErrorCode code, const char* msg) {
@@ -296,22 +333,19 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   const float* w_in = fptr(kInProjWeight);
   const float* b_in = fptr(kInProjBias);
 
-  // Masks: additive float versions.
-  std::vector<float> kpm_buf, am_buf;
-  const float* kpm = nullptr;
-  const bool* kpm_bool = nullptr;
-  if (p.kpm == MaskKind::kBool) {
-    kpm_bool = val[kKeyPaddingMask].GetTensorData<bool>();
-    BoolToAdditive(kpm_bool, static_cast<size_t>(B * S), &kpm_buf);
-    kpm = kpm_buf.data();
-  } else if (p.kpm == MaskKind::kFloat) {
-    kpm = fptr(kKeyPaddingMask);
-  }
+  // Per calling thread, reused across calls (see Buffer).  A reference: tasks run on pool
+  // threads, where the name would mean their own copy.
+  thread_local Scratch scratch_tl;
+  Scratch& sc = scratch_tl;
+
+  const bool* kpm_bool =
+      p.kpm == MaskKind::kBool ? val[kKeyPaddingMask].GetTensorData<bool>() : nullptr;
   const float* am = nullptr;
   const size_t am_n = static_cast<size_t>((p.attn_mask_3d ? B * H : 1) * L * S);
   if (p.attn_mask == MaskKind::kBool) {
-    BoolToAdditive(val[kAttnMask].GetTensorData<bool>(), am_n, &am_buf);
-    am = am_buf.data();
+    float* buf = sc.am.resize(am_n);
+    BoolToAdditive(val[kAttnMask].GetTensorData<bool>(), am_n, buf, par);
+    am = buf;
   } else if (p.attn_mask == MaskKind::kFloat) {
     am = fptr(kAttnMask);
   }
@@ -319,23 +353,44 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   // Compaction of keys hidden by a bool key_padding_mask.  Not exact either when a hidden key or
   // value row holds NaN/Inf: PyTorch then gets NaN (score NaN + -inf, or weight 0 * NaN).
   auto hidden_rows_finite = [&]() {
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < S; ++j) {
-        if (!kpm_bool[b * S + j]) continue;
-        for (int64_t c = 0; c < p.Kd; ++c)
-          if (!std::isfinite(key[(b * S + j) * p.Kd + c])) return false;
-        for (int64_t c = 0; c < p.Vd; ++c)
-          if (!std::isfinite(value[(b * S + j) * p.Vd + c])) return false;
-      }
-    return true;
+    std::atomic<bool> ok{true};
+    const size_t rows = static_cast<size_t>(B * S);
+    const size_t width = static_cast<size_t>(p.Kd + p.Vd);
+    ForChunks(par, rows, std::max<size_t>(1, (size_t{1} << 15) / std::max<size_t>(width, 1)),
+              [&](size_t r0, size_t r1) {
+                bool f = true;
+                for (size_t r = r0; r < r1 && f; ++r) {
+                  if (!kpm_bool[r]) continue;
+                  const float* kr = key + r * p.Kd;
+                  const float* vr = value + r * p.Vd;
+                  // Finite iff x - x == 0 (NaN and +-inf give NaN); no early exit inside a row.
+                  float acc = 0.0f;
+                  for (int64_t c = 0; c < p.Kd; ++c) acc += kr[c] - kr[c];
+                  for (int64_t c = 0; c < p.Vd; ++c) acc += vr[c] - vr[c];
+                  f = acc == 0.0f;
+                }
+                if (!f) ok.store(false, std::memory_order_relaxed);
+              });
+    return ok.load();
   };
-  std::vector<int64_t> kv_offset, key_index;
   const bool compact = kpm_bool && S > 0 &&
-                       !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(am, am_n)) &&
+                       !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(am, am_n, par)) &&
                        hidden_rows_finite();
+  // Additive key_padding_mask (only needed when the keys are not compacted).
+  const float* kpm = nullptr;
+  if (kpm_bool && !compact) {
+    float* buf = sc.kpm.resize(static_cast<size_t>(B * S));
+    BoolToAdditive(kpm_bool, static_cast<size_t>(B * S), buf, par);
+    kpm = buf;
+  } else if (p.kpm == MaskKind::kFloat) {
+    kpm = fptr(kKeyPaddingMask);
+  }
+  std::vector<int64_t>& kv_offset = sc.kv_offset;
+  std::vector<int64_t>& key_index = sc.key_index;
   int64_t n_keys = B * S;
   if (compact) {
     kv_offset.resize(B + 1);
+    key_index.clear();
     key_index.reserve(static_cast<size_t>(B * S));
     for (int64_t b = 0; b < B; ++b) {
       kv_offset[b] = static_cast<int64_t>(key_index.size());
@@ -348,19 +403,28 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   // Rows of key/value to project: the originals, or a gathered copy of the surviving rows.
   auto gather = [&](const float* src, int64_t width, Buffer* buf) -> const float* {
     if (!compact) return src;
-    buf->resize(static_cast<size_t>(n_keys * width));
-    if (width == 0) return buf->data();  // nothing to copy (and memcpy must not see null)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t r = kv_offset[b]; r < kv_offset[b + 1]; ++r)
-        std::memcpy(buf->data() + r * width, src + (b * S + key_index[r]) * width,
-                    static_cast<size_t>(width) * sizeof(float));
-    return buf->data();
+    float* dst = buf->resize(static_cast<size_t>(n_keys * width));
+    if (width == 0 || n_keys == 0) return dst;  // nothing to copy (memcpy must not see null)
+    ForChunks(par, static_cast<size_t>(n_keys),
+              std::max<size_t>(1, (size_t{1} << 14) / static_cast<size_t>(width)),
+              [&](size_t r0, size_t r1) {
+                // Batch of row r0: the last b with kv_offset[b] <= r0.
+                int64_t b = std::upper_bound(kv_offset.begin(), kv_offset.end(),
+                                             static_cast<int64_t>(r0)) - kv_offset.begin() - 1;
+                for (int64_t r = static_cast<int64_t>(r0); r < static_cast<int64_t>(r1); ++r) {
+                  while (r >= kv_offset[b + 1]) ++b;
+                  std::memcpy(dst + r * width, src + (b * S + key_index[r]) * width,
+                              static_cast<size_t>(width) * sizeof(float));
+                }
+              });
+    return dst;
   };
 
   // Projections.
   const bool same_kv = key == value && p.Kd == p.Vd;
   const bool self_attn = p.packed && !compact && same_kv && query == key && L == S;
-  Buffer qkv, qbuf, kbuf, vbuf, kg, vg;
+  Buffer &qkv = sc.qkv, &qbuf = sc.qbuf, &kbuf = sc.kbuf, &vbuf = sc.vbuf, &kg = sc.kg,
+         &vg = sc.vg;
   PackedWeight pw;
   AttentionArgs a;
   if (self_attn) {
@@ -407,7 +471,7 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   }
 
   // Attention.
-  Buffer attn, per_head;
+  Buffer &attn = sc.attn, &per_head = sc.per_head;
   attn.resize(static_cast<size_t>(B * L * E));
   a.B = B; a.L = L; a.S = S; a.H = H; a.D = D;
   a.scale = 1.0f / std::sqrt(static_cast<float>(D));
