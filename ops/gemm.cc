@@ -30,6 +30,7 @@ namespace {
 constexpr size_t kKCMax = 384;  // K slice (K is cut into equal slices of at most this)
 constexpr size_t kMCMax = 96;   // rows per task (rounded to a multiple of MR)
 constexpr size_t kNC = 256;     // columns per task (multiple of every NR)
+constexpr size_t kNCMin = 64;   // fewest columns per task when splitting for parallelism
 constexpr size_t kPrefetchB = 16;  // k-steps ahead the B panel is prefetched
 
 struct GemmArgs {
@@ -59,9 +60,10 @@ static inline __attribute__((always_inline)) void StoreV(float* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// MR x (NV vectors) register tile over one K slice.  ap: packed A (kc x MR), b: panel slice
-// (kc x NR).  init: bias row (first slice) or null (accumulate onto C).
-template <int MR, int NV, typename V>
+// MR x (NV vectors) register tile over one K slice.  ap: packed A (kc x AS, AS >= MR: the
+// micro-panel row stride; a ragged last panel runs a shorter MR over its first rows), b: panel
+// slice (kc x NR).  init: bias row (first slice) or null (accumulate onto C).
+template <int MR, int NV, typename V, int AS = MR>
 static inline __attribute__((always_inline)) void MicroKernel(const float* __restrict ap,
                                                               const float* __restrict b,
                                                               size_t kc, const float* init,
@@ -87,7 +89,7 @@ static inline __attribute__((always_inline)) void MicroKernel(const float* __res
     V bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = LoadV<V>(b + p * NR + v * W);
     for (int r = 0; r < MR; ++r) {
-      const float av = ap[p * MR + r];
+      const float av = ap[p * AS + r];
       for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
     }
   }
@@ -145,7 +147,15 @@ static inline __attribute__((always_inline)) void TileBody(const GemmArgs& g, si
         } else {
           if (!first)
             for (size_t r = 0; r < mr; ++r) std::memcpy(tmp + r * NR, c + r * g.ldc, nr * sizeof(float));
-          MicroKernel<MR, NV, V>(ap, b, kc, init, tmp, NR);
+          // Ragged rows: the shortest tile of MR/3, 2MR/3 or MR rows that covers them (M = 32
+          // with MR = 12 would otherwise compute 36 rows).
+          constexpr int R1 = MR / 3 > 0 ? MR / 3 : 1, R2 = 2 * MR / 3 > R1 ? 2 * MR / 3 : MR;
+          if (mr <= static_cast<size_t>(R1))
+            MicroKernel<R1, NV, V, MR>(ap, b, kc, init, tmp, NR);
+          else if (mr <= static_cast<size_t>(R2))
+            MicroKernel<R2, NV, V, MR>(ap, b, kc, init, tmp, NR);
+          else
+            MicroKernel<MR, NV, V>(ap, b, kc, init, tmp, NR);
           for (size_t r = 0; r < mr; ++r) std::memcpy(c + r * g.ldc, tmp + r * NR, nr * sizeof(float));
         }
       }
@@ -242,7 +252,9 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
   if (bias) std::memcpy(bias_buf.data(), bias, w.n * sizeof(float));
   float* apack = apack_buf.data();
   const PackFn pack = kern.pack;
-  const size_t pack_tasks = std::min<size_t>(mp, 16);
+  // A small A is packed on the calling thread: a pool dispatch (waking the other threads)
+  // costs more than the copy.
+  const size_t pack_tasks = m * k <= (size_t{1} << 15) ? 1 : std::min<size_t>(mp, 16);
   par.For(pack_tasks, [&](size_t t) {
     for (size_t q = t * mp / pack_tasks; q < (t + 1) * mp / pack_tasks; ++q)
       pack(a + q * mr * lda, lda, std::min(mr, m - q * mr), k, apack + q * mr * k);
@@ -250,9 +262,14 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
   const TileFn tile = kern.tile;
   // Task grid: NC-column blocks x MC-row blocks; MC shrinks (in whole micro-tiles) when M is
   // small so that there are enough tasks to keep every thread busy.
-  const size_t nt = (w.n + kNC - 1) / kNC;
+  // Columns are split first (down to kNCMin): each extra row block streams the block's weight
+  // panels again, which dominates when M is small (M = 32: weights >> A).
   size_t mc = kMCMax / mr * mr;
   const size_t want = 8;  // tasks wanted at least (a few per thread)
+  size_t nc = kNC;
+  const size_t mt0 = (m + mc - 1) / mc;
+  while (nc > kNCMin && mt0 * ((w.n + nc - 1) / nc) < want) nc /= 2;
+  const size_t nt = (w.n + nc - 1) / nc;
   while (mc > mr && nt * ((m + mc - 1) / mc) < want) mc = std::max(mr, (mc / 2 + mr - 1) / mr * mr);
   const size_t mt = (m + mc - 1) / mc;
   GemmArgs g{a, lda, m, w.panels.data(), w.n, k, bias_buf.data(), c, ldc, apack};
@@ -260,7 +277,7 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
     // Consecutive tasks share a column block (its panels stay in L2).
     const size_t jb = t / mt, ib = t % mt;
     const size_t i0 = ib * mc, i1 = std::min(m, i0 + mc);
-    const size_t j0 = jb * kNC, j1 = std::min(w.n, j0 + kNC);
+    const size_t j0 = jb * nc, j1 = std::min(w.n, j0 + nc);
     tile(g, i0, i1, j0, j1);
   });
 }
