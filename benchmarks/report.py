@@ -13,7 +13,7 @@ SHORT = {"fused": "fused", "decomposed": "decomp", "ort_attention": "ort_attn", 
 
 def cell(r: dict | None, key: str = "median_ms", fmt: str = "{:.2f}") -> str:
     """A number when the alternative ran and matched PyTorch, else why not (n/a, FAIL, error)."""
-    if r is None:
+    if not r:
         return "–"
     if r["status"] != "ok":
         return r["status"]

@@ -94,8 +94,6 @@ def bench_point(p: Point, args, peak: float, library) -> dict:
         res[name]["pct_peak"] = 100 * res[name]["gflops"] / peak
     del runners
     gc.collect()
-    if args.memory:
-        measure_memory(p, w, feeds, models, res, args.threads, library)
     out = {"point": p.as_dict(), "flops": p.flops, "alts": res, "best_alt": None, "speedup": None}
     others = {a: r["median_ms"] for a, r in res.items() if a != "fused" and r["status"] == "ok"}
     if others:
@@ -150,7 +148,7 @@ def main(argv=None) -> int:
     }
     print(f"{len(points)} points, {args.threads} threads, sgemm peak {peak:.0f} GFLOP/s\n")
     print(report.progress_header(args.alternatives), flush=True)
-    results = []
+    results, points_done = [], []
     for p in points:
         # The machine is shared: re-measure the sgemm peak (best of 3) before every point, keep the best.
         peak = max(peak, timing.sgemm_peak_gflops(args.threads, repeats=3))
@@ -160,8 +158,17 @@ def main(argv=None) -> int:
             traceback.print_exc()
             continue
         results.append(r)
+        points_done.append(p)
         print(report.progress_row(r, args.alternatives), flush=True)
         report.write_json(os.path.join(args.out, "latest.json"), meta, results)
+    if args.memory:
+        # After all timing, so no child process runs between timed points.
+        print("\npeak memory (fresh child process per alternative and point) ...", flush=True)
+        for p, r in zip(points_done, results):
+            w = graphs.make_weights(p.E, seed=args.seed)
+            feeds = graphs.make_inputs(p, seed=args.seed + 1)
+            models = {a: A.model_for(a, p, w) for a, x in r["alts"].items() if x["status"] == "ok" and a != "torch"}
+            measure_memory(p, w, feeds, models, r["alts"], args.threads, library)
     # The peak is the best of the measurements before, during and after the grid (shared machine).
     meta["sgemm_peak_gflops_start"] = peak
     meta["sgemm_peak_gflops_end"] = timing.sgemm_peak_gflops(args.threads)
