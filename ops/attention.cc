@@ -32,6 +32,7 @@
 
 #include "aligned.h"
 #include "cpu.h"
+#include "simd.h"
 
 namespace maskedmha {
 
@@ -174,12 +175,11 @@ void PrepareKeys(const AttentionArgs& a, KeyLayout* kl, const Parallel& par, boo
   });
 }
 
-// GCC/Clang vector extensions (no intrinsics): compiled as SSE, AVX2 or AVX-512 code depending on
-// the target of the dispatch function they are inlined into (GCC 12 did not reliably vectorise
-// the equivalent fixed-size scalar loops after unrolling them).
-typedef float V4 __attribute__((vector_size(16)));
-typedef float V8 __attribute__((vector_size(32)));
-typedef float V16 __attribute__((vector_size(64)));
+using simd::Load;
+using simd::Store;
+using simd::V16;
+using simd::V4;
+using simd::V8;
 typedef int32_t I4 __attribute__((vector_size(16)));
 typedef int32_t I8 __attribute__((vector_size(32)));
 typedef int32_t I16 __attribute__((vector_size(64)));
@@ -188,16 +188,6 @@ template <> struct IntVec<V4> { typedef I4 type; };
 template <> struct IntVec<V8> { typedef I8 type; };
 template <> struct IntVec<V16> { typedef I16 type; };
 
-template <typename V>
-static inline __attribute__((always_inline)) V Load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V>
-static inline __attribute__((always_inline)) void Store(float* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
 template <typename V>
 static inline __attribute__((always_inline)) V Splat(float x) {
   return V{} + x;

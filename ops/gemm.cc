@@ -20,6 +20,7 @@
 #include <stdexcept>
 
 #include "cpu.h"
+#include "simd.h"
 
 namespace maskedmha {
 
@@ -45,20 +46,9 @@ struct GemmArgs {
   const float* apack;   // A in MR-row micro-panels (see TileBody)
 };
 
-typedef float V4 __attribute__((vector_size(16)));
-typedef float V8 __attribute__((vector_size(32)));
-typedef float V16 __attribute__((vector_size(64)));
-
-template <typename V>
-static inline __attribute__((always_inline)) V LoadV(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V>
-static inline __attribute__((always_inline)) void StoreV(float* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
+using simd::V16;
+using simd::V4;
+using simd::V8;
 
 // MR x (NV vectors) register tile over one K slice.  ap: packed A (kc x AS, AS >= MR: the
 // micro-panel row stride; a ragged last panel runs a shorter MR over its first rows), b: panel
@@ -73,12 +63,12 @@ static inline __attribute__((always_inline)) void MicroKernel(const float* __res
   V acc[MR][NV];
   if (init) {
     for (int v = 0; v < NV; ++v) {
-      const V bv = LoadV<V>(init + v * W);
+      const V bv = simd::Load<V>(init + v * W);
       for (int r = 0; r < MR; ++r) acc[r][v] = bv;
     }
   } else {
     for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = LoadV<V>(c + r * ldc + v * W);
+      for (int v = 0; v < NV; ++v) acc[r][v] = simd::Load<V>(c + r * ldc + v * W);
   }
   for (size_t p = 0; p < kc; ++p) {
     // The panel streams from L2 (the A micro-panel stays in L1); the hardware prefetcher alone
@@ -87,14 +77,14 @@ static inline __attribute__((always_inline)) void MicroKernel(const float* __res
     if constexpr (NR >= 32)
       for (int l = 0; l < NR; l += 16) __builtin_prefetch(b + (p + kPrefetchB) * NR + l);
     V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = LoadV<V>(b + p * NR + v * W);
+    for (int v = 0; v < NV; ++v) bv[v] = simd::Load<V>(b + p * NR + v * W);
     for (int r = 0; r < MR; ++r) {
       const float av = ap[p * AS + r];
       for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) StoreV<V>(c + r * ldc + v * W, acc[r][v]);
+    for (int v = 0; v < NV; ++v) simd::Store<V>(c + r * ldc + v * W, acc[r][v]);
 }
 
 // Packs rows [0, rows) (rows <= MR) x cols [0, k) of A into one micro-panel (k x MR, zero rows
