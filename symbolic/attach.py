@@ -15,12 +15,16 @@ def _default_opset(model: onnx.ModelProto) -> int:
     raise ValueError("maskedmha: the model imports no default-domain opset")
 
 
-def _type_table(model: onnx.ModelProto) -> dict:
-    """name -> (elem_type, rank or None) for every value whose type is known."""
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with ONNX shape inference applied (once per attach: it walks the whole graph)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is best effort; fall back to what is stored
-        inferred = model
+        return model
+
+
+def _type_table(model: onnx.ModelProto, inferred: onnx.ModelProto) -> dict:
+    """name -> (elem_type, rank or None) for every value whose type is known."""
     table = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -40,12 +44,8 @@ def _type_table(model: onnx.ModelProto) -> dict:
     return table
 
 
-def _shape_table(model: onnx.ModelProto) -> dict:
+def _shape_table(model: onnx.ModelProto, inferred: onnx.ModelProto) -> dict:
     """name -> list of dims (int, str or None) for every value with a known shape."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001
-        inferred = model
     shapes = {}
     for graph in (model.graph, inferred.graph):
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -58,10 +58,10 @@ def _shape_table(model: onnx.ModelProto) -> dict:
     return shapes
 
 
-def _annotate_outputs(model: onnx.ModelProto, nodes_cfgs) -> None:
+def _annotate_outputs(model: onnx.ModelProto, nodes_cfgs, inferred: onnx.ModelProto) -> None:
     """Give MaskedMHA outputs their shapes (from the inputs' shapes) and replace the placeholder
     dims an exporter invented for them (e.g. ``MaskedMHA11_dim_0``) everywhere in the graph."""
-    shapes = _shape_table(model)
+    shapes = _shape_table(model, inferred)
     g = model.graph
     by_name = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
     rename = {}
@@ -163,7 +163,8 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """In place (and returned): set every MaskedMHA node's overload, add the fallback functions,
     the com.maskedmha opset import and IR version 10."""
     opset = _default_opset(model)
-    table = _type_table(model)
+    inferred = _inferred(model)
+    table = _type_table(model, inferred)
     # Drop functions of ours left by an earlier attach (or by an exporter).
     keep = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del model.functions[:]
@@ -190,7 +191,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         node.overload = cfg.id
         configs.setdefault(cfg.id, cfg)
         nodes_cfgs.append((node, cfg))
-    _annotate_outputs(model, nodes_cfgs)
+    _annotate_outputs(model, nodes_cfgs, inferred)
     for cfg in configs.values():
         model.functions.append(build_function(cfg, opset))
     if configs:
