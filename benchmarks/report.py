@@ -56,7 +56,7 @@ def markdown(meta: dict, results: list) -> str:
            f"`{meta['grid']}` · onnxruntime {meta['onnxruntime']} · torch {meta['torch']} · "
            f"ORT spinning {'on' if meta.get('spin') else 'off'} · {meta.get('budget_s')} s of timed runs per point · "
            f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best over the run: 5 before, 3 before each point, 5 after; same threads)", ""]
-    out += ["**Median latency (ms)**, interleaved round-robin on the same inputs; speed-up = best "
+    out += ["**Median latency (ms)**, interleaved (every round in a new shuffled order) on the same inputs; speed-up = best "
             "alternative's ms / fused ms (> 1: fused is faster).", ""]
     out.append("| point | " + " | ".join(alts) + " | speed-up |")
     out.append("|---|" + "---:|" * len(alts) + "---|")

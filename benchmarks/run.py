@@ -15,7 +15,13 @@ import sys
 import tempfile
 import traceback
 
-import numpy as np
+# PyTorch's OpenMP threads otherwise spin for a while after each eager run, taking a core from
+# whichever session is timed next.  ORT's pools are run without spinning (see alternatives.py);
+# torch gets the same policy.  Must be set before torch is imported.  (--spin turns both on.)
+if "--spin" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +93,7 @@ def bench_point(p: Point, args, peak: float, library) -> dict:
     w = graphs.make_weights(p.E, seed=args.seed)
     feeds = graphs.make_inputs(p, seed=args.seed + 1)
     runners, res, models = prepare(p, args.alternatives, w, feeds, args.threads, args.spin)
-    samples = timing.interleaved(runners, budget_s=args.budget, min_reps=args.min_reps)
+    samples = timing.interleaved(runners, budget_s=args.budget, min_reps=args.min_reps, seed=args.seed)
     for name, ms in samples.items():
         res[name].update(timing.summary(ms))
         res[name]["gflops"] = p.flops / (res[name]["median_ms"] * 1e-3) / 1e9
