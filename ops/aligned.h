@@ -1,4 +1,4 @@
-// 64-byte aligned std::vector storage for the vectorised loops (gemm.cc, attention.cc).
+// 64-byte aligned storage for the vectorised loops (gemm.cc, attention.cc, forward.cc).
 #pragma once
 
 #include <cstddef>
@@ -25,5 +25,24 @@ struct AlignedAllocator {
 };
 template <typename T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
+// Scratch array that is not zero-filled on reuse (every element is written before it is read)
+// and is 64-byte aligned.  Kept per thread between calls (it only grows), so the large
+// intermediates do not fault in fresh zeroed pages on every run; concurrent runs come from
+// different threads and so get different buffers.
+class Buffer {
+ public:
+  float* resize(size_t n) {
+    if (v_.size() < n) {
+      v_ = AlignedVector<float>();  // drop the old block first: no copy of its contents
+      v_.resize(n);
+    }
+    return v_.data();
+  }
+  float* data() { return v_.data(); }
+
+ private:
+  AlignedVector<float> v_;
+};
 
 }  // namespace maskedmha

@@ -1,5 +1,5 @@
-// MaskedMHA kernel: reads attributes, validates inputs, and runs
-//   projections (gemm) -> attention (attention) -> output projection (gemm).
+// MaskedMHA kernel: reads attributes, validates inputs, prepares masks, key compaction and packed
+// weights, then runs forward.h: projections (gemm) -> attention -> output projection (gemm).
 //
 // Data flow and why:
 //  * Q/K/V projections are large GEMMs over all B*L (or B*S) rows.  For self-attention with a
@@ -23,6 +23,7 @@
 
 #include "aligned.h"
 #include "attention.h"
+#include "forward.h"
 #include "gemm.h"
 #include "parallel.h"
 
@@ -31,6 +32,7 @@ namespace maskedmha {
 namespace {
 
 // Runs Parallel tasks on the session's intra-op pool (KernelContext_ParallelFor, ORT API >= 17).
+// num_batch 0: ORT hands the tasks out one at a time to whichever thread is free.
 class OrtParallel final : public Parallel {
  public:
   explicit OrtParallel(const Ort::KernelContext& ctx) : ctx_(ctx) {}
@@ -88,21 +90,6 @@ bool Flag(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_
   return v == 1;
 }
 
-// Splits [0, n) into at most `max_tasks` chunks of at least `grain` elements and runs
-// fn(begin, end) for each on the pool (one chunk: on the calling thread).  For the setup loops
-// (mask conversion, NaN checks, row gathers), which are too short to be worth a pool dispatch
-// for small inputs.
-template <typename Fn>
-void ForChunks(const Parallel& par, size_t n, size_t grain, Fn&& fn) {
-  constexpr size_t kMaxTasks = 16;
-  const size_t tasks = std::max<size_t>(1, std::min(kMaxTasks, n / std::max<size_t>(grain, 1)));
-  if (tasks == 1) {
-    if (n) fn(size_t{0}, n);
-    return;
-  }
-  par.For(tasks, [&](size_t t) { fn(t * n / tasks, (t + 1) * n / tasks); });
-}
-
 // True when a float mask could turn a hidden key into NaN (so compaction is not exact).
 bool HasNanOrPosInf(const float* m, size_t n, const Parallel& par) {
   std::atomic<bool> found{false};
@@ -122,27 +109,9 @@ void BoolToAdditive(const bool* m, size_t n, float* out, const Parallel& par) {
   });
 }
 
-// Scratch array that is not zero-filled on reuse (every element is written before it is read)
-// and is 64-byte aligned.  Kept per calling thread between calls (it only grows), so the large
-// intermediates do not fault in fresh zeroed pages on every run; concurrent runs of one kernel
-// come from different threads and so get different buffers.
-class Buffer {
- public:
-  float* resize(size_t n) {
-    if (v_.size() < n) {
-      v_ = AlignedVector<float>();  // drop the old block first: no copy of its contents
-      v_.resize(n);
-    }
-    return v_.data();
-  }
-  float* data() { return v_.data(); }
-
- private:
-  AlignedVector<float> v_;
-};
-
+// Per-call mask and compaction arrays (the projections' buffers live in forward.cc).
 struct Scratch {
-  Buffer qkv, qbuf, kbuf, vbuf, kg, vg, attn, per_head, kpm, am;
+  Buffer kpm, am;
   std::vector<int64_t> kv_offset, key_index;
 };
 
@@ -387,7 +356,6 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   }
   std::vector<int64_t>& kv_offset = sc.kv_offset;
   std::vector<int64_t>& key_index = sc.key_index;
-  int64_t n_keys = B * S;
   if (compact) {
     kv_offset.resize(B + 1);
     key_index.clear();
@@ -398,112 +366,51 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
         if (!kpm_bool[b * S + j]) key_index.push_back(j);
     }
     kv_offset[B] = static_cast<int64_t>(key_index.size());
-    n_keys = kv_offset[B];
   }
-  // Rows of key/value to project: the originals, or a gathered copy of the surviving rows.
-  auto gather = [&](const float* src, int64_t width, Buffer* buf) -> const float* {
-    if (!compact) return src;
-    float* dst = buf->resize(static_cast<size_t>(n_keys * width));
-    if (width == 0 || n_keys == 0) return dst;  // nothing to copy (memcpy must not see null)
-    ForChunks(par, static_cast<size_t>(n_keys),
-              std::max<size_t>(1, (size_t{1} << 14) / static_cast<size_t>(width)),
-              [&](size_t r0, size_t r1) {
-                // Batch of row r0: the last b with kv_offset[b] <= r0.
-                int64_t b = std::upper_bound(kv_offset.begin(), kv_offset.end(),
-                                             static_cast<int64_t>(r0)) - kv_offset.begin() - 1;
-                for (int64_t r = static_cast<int64_t>(r0); r < static_cast<int64_t>(r1); ++r) {
-                  while (r >= kv_offset[b + 1]) ++b;
-                  std::memcpy(dst + r * width, src + (b * S + key_index[r]) * width,
-                              static_cast<size_t>(width) * sizeof(float));
-                }
-              });
-    return dst;
-  };
-
-  // Projections.
+  // Everything the forward pass needs, with the weights packed (once per session when they are
+  // constant initializers).
+  ForwardPlan plan;
+  plan.B = B; plan.L = L; plan.S = S; plan.E = E; plan.H = H; plan.D = D;
+  plan.Kd = p.Kd; plan.Vd = p.Vd; plan.Sp = p.Sp;
+  plan.query = query; plan.key = key; plan.value = value;
+  plan.in_bias = b_in;
+  plan.out_bias = fptr(kOutProjBias);
+  plan.bias_k = fptr(kBiasK);
+  plan.bias_v = fptr(kBiasV);
   const bool same_kv = key == value && p.Kd == p.Vd;
-  const bool self_attn = p.packed && !compact && same_kv && query == key && L == S;
-  Buffer &qkv = sc.qkv, &qbuf = sc.qbuf, &kbuf = sc.kbuf, &vbuf = sc.vbuf, &kg = sc.kg,
-         &vg = sc.vg;
-  PackedWeight pw;
-  AttentionArgs a;
-  if (self_attn) {
-    qkv.resize(static_cast<size_t>(B * L * 3 * E));
-    Gemm(query, E, B * L, Packed(kInProjWeight, w_in, 0, 3 * E, E, &pw), b_in, qkv.data(),
-         3 * E, par);
-    a.q = qkv.data();
-    a.k = qkv.data() + E;
-    a.v = qkv.data() + 2 * E;
-    a.q_stride = a.k_stride = a.v_stride = 3 * E;
+  plan.self_attn = p.packed && !compact && same_kv && query == key && L == S;
+  plan.kv_together = !plan.self_attn && p.packed && same_kv;
+  PackedWeight pw_qkv, pw_q, pw_kv, pw_k, pw_v, pw_out;  // used only for non-constant weights
+  if (plan.self_attn) {
+    plan.w_qkv = &Packed(kInProjWeight, w_in, 0, 3 * E, E, &pw_qkv);
   } else {
-    qbuf.resize(static_cast<size_t>(B * L * E));
-    Gemm(query, E, B * L, Packed(kInProjWeight, w_in, 0, E, E, &pw), b_in, qbuf.data(), E, par);
-    a.q = qbuf.data();
-    a.q_stride = E;
-    const float* b_k = b_in ? b_in + E : nullptr;
-    const float* b_v = b_in ? b_in + 2 * E : nullptr;
-    if (p.packed && same_kv) {
-      // Wk and Wv are adjacent rows of the packed weight: one GEMM with N = 2E.
-      const float* kin = gather(key, E, &kg);
-      kbuf.resize(static_cast<size_t>(n_keys * 2 * E));
-      Gemm(kin, E, n_keys, Packed(kInProjWeight, w_in, E, 2 * E, E, &pw), b_k, kbuf.data(),
-           2 * E, par);
-      a.k = kbuf.data();
-      a.v = kbuf.data() + E;
-      a.k_stride = a.v_stride = 2 * E;
+    plan.w_q = &Packed(kInProjWeight, w_in, 0, E, E, &pw_q);
+    if (plan.kv_together) {
+      plan.w_kv = &Packed(kInProjWeight, w_in, E, 2 * E, E, &pw_kv);  // rows [E, 3E): Wk, Wv
+    } else if (p.packed) {
+      plan.w_k = &Packed(kInProjWeight, w_in, E, E, p.Kd, &pw_k);
+      plan.w_v = &Packed(kInProjWeight, w_in, 2 * E, E, p.Vd, &pw_v);
     } else {
-      // Packed weight: Wk / Wv are rows [E, 2E) / [2E, 3E) of input 3.
-      const int ik = p.packed ? kInProjWeight : kKProjWeight;
-      const int iv = p.packed ? kInProjWeight : kVProjWeight;
-      const float* wk = p.packed ? w_in : fptr(kKProjWeight);
-      const float* wv = p.packed ? w_in : fptr(kVProjWeight);
-      const size_t rk = p.packed ? E : 0, rv = p.packed ? 2 * E : 0;
-      const float* kin = gather(key, p.Kd, &kg);
-      const float* vin = same_kv ? kin : gather(value, p.Vd, &vg);
-      kbuf.resize(static_cast<size_t>(n_keys * E));
-      vbuf.resize(static_cast<size_t>(n_keys * E));
-      Gemm(kin, p.Kd, n_keys, Packed(ik, wk, rk, E, p.Kd, &pw), b_k, kbuf.data(), E, par);
-      Gemm(vin, p.Vd, n_keys, Packed(iv, wv, rv, E, p.Vd, &pw), b_v, vbuf.data(), E, par);
-      a.k = kbuf.data();
-      a.v = vbuf.data();
-      a.k_stride = a.v_stride = E;
+      plan.w_k = &Packed(kKProjWeight, fptr(kKProjWeight), 0, E, p.Kd, &pw_k);
+      plan.w_v = &Packed(kVProjWeight, fptr(kVProjWeight), 0, E, p.Vd, &pw_v);
     }
   }
-
-  // Attention.
-  Buffer &attn = sc.attn, &per_head = sc.per_head;
-  attn.resize(static_cast<size_t>(B * L * E));
-  a.B = B; a.L = L; a.S = S; a.H = H; a.D = D;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  plan.w_out = &Packed(kOutProjWeight, fptr(kOutProjWeight), 0, E, E, &pw_out);
   if (compact) {
-    a.kv_offset = kv_offset.data();
-    a.key_index = key_index.data();
+    plan.kv_offset = kv_offset.data();
+    plan.key_index = key_index.data();
   }
-  a.bias_k = fptr(kBiasK);
-  a.bias_v = fptr(kBiasV);
-  a.zero_attn = attrs_.add_zero_attn;
-  a.kpm = compact ? nullptr : kpm;  // compacted keys are all unmasked by key_padding_mask
-  a.attn_mask = am;
-  a.attn_mask_3d = p.attn_mask_3d;
-  a.causal = attrs_.is_causal;
-  a.nan_rows = attrs_.nan_rows;
-  a.out = attn.data();
-  a.out_stride = E;
-  if (weights_out) {
-    if (attrs_.average_weights) {
-      per_head.resize(static_cast<size_t>(B * H * L * p.Sp));
-      a.weights = per_head.data();
-    } else {
-      a.weights = weights_out;
-    }
-  }
-  Attention(a, par);
-  if (weights_out && attrs_.average_weights)
-    AverageHeads(per_head.data(), B, H, L, p.Sp, weights_out, par);
+  plan.kpm = compact ? nullptr : kpm;  // compacted keys are all unmasked by key_padding_mask
+  plan.attn_mask = am;
+  plan.attn_mask_3d = p.attn_mask_3d;
+  plan.causal = attrs_.is_causal;
+  plan.zero_attn = attrs_.add_zero_attn;
+  plan.nan_rows = attrs_.nan_rows;
+  plan.out = out;
+  plan.weights = weights_out;
+  plan.average_weights = attrs_.average_weights;
 
-  // Output projection straight into the output tensor.
-  Gemm(attn.data(), E, B * L, Packed(kOutProjWeight, fptr(kOutProjWeight), 0, E, E, &pw),
-       fptr(kOutProjBias), out, E, par);
+  Forward(plan, par);
 }
 
 }  // namespace maskedmha
