@@ -28,11 +28,16 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "aligned.h"
 #include "cpu.h"
 #include "simd.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 namespace maskedmha {
 
@@ -394,6 +399,87 @@ static inline __attribute__((always_inline)) V BlockExp(float* s, int64_t n, flo
   return lane;
 }
 
+// One key block of the online softmax for rows [0, nq): s (rows kKB apart, the first nw
+// columns) becomes p = exp(s - m_new), the running max m and the lane-wise running sums lv (W
+// per row) are updated, and the row's accumulator (D floats, rows D apart) is rescaled by
+// exp(m_old - m_new) when the max grew.
+template <typename V>
+static inline __attribute__((always_inline)) void OnlineSoftmax(float* s, int64_t nq, int64_t nw,
+                                                                int64_t D, float* m, float* lv,
+                                                                float* acc) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  for (int64_t r = 0; r < nq; ++r) {
+    float* srow = s + r * kKB;
+    const float mx = BlockMax<V>(srow, nw);
+    const float mnew = mx > m[r] ? mx : m[r];
+    const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
+    const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);
+    float* lvr = lv + r * W;
+    Store<V>(lvr, Load<V>(lvr) * alpha + sum);
+    m[r] = mnew;
+    if (alpha != 1.0f)
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+  }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MASKEDMHA_AVX512_SOFTMAX 1
+// OnlineSoftmax for AVX-512 with intrinsics (a separate, not inlined function: the intrinsics
+// need the avx512f target on the function that contains them).  The exponential is the same
+// Cody-Waite reduction and degree-7 polynomial as ExpV, but 2^n is applied with vscalefps and
+// n rounded with vrndscaleps, the -inf keys are zeroed with a mask register and the clamp is
+// one vmaxps: ~20 vector operations per 16 scores instead of ~27.  The exponentials are about
+// a fifth of the attention time at long sequences.
+// (GCC 12 reports its own _mm512_undefined_ps() inside the intrinsics as maybe-uninitialized.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"), noinline)) void OnlineSoftmaxAvx512(float* s, int64_t nq,
+                                                                     int64_t nw, int64_t D,
+                                                                     float* m, float* lv,
+                                                                     float* acc) {
+  const __m512 ninf = _mm512_set1_ps(kNegInf);
+  for (int64_t r = 0; r < nq; ++r) {
+    float* srow = s + r * kKB;
+    __m512 mx = ninf;
+    for (int64_t c = 0; c < nw; c += 16)
+      mx = _mm512_max_ps(_mm512_loadu_ps(srow + c), mx);  // NaN scores: the second operand wins
+    const float bm = _mm512_reduce_max_ps(mx);
+    const float mnew = bm > m[r] ? bm : m[r];
+    const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
+    const __m512 mv = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t c = 0; c < nw; c += 16) {
+      const __m512 v = _mm512_loadu_ps(srow + c);
+      // exp(x), x = v - mnew <= 0 (NaN stays NaN: vmaxps returns its second operand then).
+      const __m512 x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_sub_ps(v, mv));
+      const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+      f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+      __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3981999507e-3f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.3334519073e-3f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(4.1665795894e-2f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.6666665459e-1f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.0000001201e-1f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+      // -inf scores (masked keys, padding columns) contribute exactly 0.
+      const __mmask16 keep = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_UQ);
+      const __m512 e = _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+      _mm512_storeu_ps(srow + c, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    float* lvr = lv + r * 16;
+    _mm512_storeu_ps(lvr, _mm512_fmadd_ps(_mm512_loadu_ps(lvr), _mm512_set1_ps(alpha), sum));
+    m[r] = mnew;
+    if (alpha != 1.0f)
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
 template <bool kWeights, int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a,
                                                            const KeyLayout& kl,
@@ -455,20 +541,12 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
       const int64_t nk = std::min(kKB, total - t0);
       const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
-      for (int64_t r = 0; r < nq; ++r) {
-        float* srow = sc.s.data() + r * kKB;
-        const float mx = BlockMax<V>(srow, nw);
-        const float mnew = mx > m[r] ? mx : m[r];
-        const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);
-        float* lv = sc.lv.data() + r * W;
-        Store<V>(lv, Load<V>(lv) * alpha + sum);
-        m[r] = mnew;
-        if (alpha != 1.0f) {
-          float* acc = sc.acc.data() + r * D;
-          for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
-        }
-      }
+#ifdef MASKEDMHA_AVX512_SOFTMAX
+      if constexpr (std::is_same_v<V, V16>)
+        OnlineSoftmaxAvx512(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
+      else
+#endif
+        OnlineSoftmax<V>(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
       BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
     }
   } else {
