@@ -1,0 +1,54 @@
+"""The benchmark's bookkeeping, without timing anything: the goal check reads results the way the
+issue states the goals, and the interleaved timer shuffles the order of alternatives."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import goals  # noqa: E402
+import timing  # noqa: E402
+from grid import Point  # noqa: E402
+
+
+def _result(p: Point, fused_ms: float, others: dict, pct_peak: float = 50.0, mem=None):
+    alts = {"fused": {"status": "ok", "median_ms": fused_ms, "pct_peak": pct_peak}}
+    for name, ms in others.items():
+        alts[name] = {"status": "ok", "median_ms": ms} if ms is not None else {"status": "n/a"}
+    for name, mb in (mem or {}).items():
+        alts[name]["peak_mb"] = mb
+    return {"point": p.as_dict(), "alts": alts}
+
+
+def test_goals_use_the_fastest_alternative_and_the_issue_thresholds():
+    res = [
+        # padded, B*L = 1024: 1.25x against the fastest (ort_mha), although 2x against another
+        _result(Point(8, 128, 64, 4, pad=0.25), 10.0, {"ort_mha": 12.5, "torch": 20.0, "ort_attention": None}),
+        # padded, B*L = 1024: 1.5x
+        _result(Point(8, 128, 64, 4, pad=0.5), 10.0, {"ort_mha": 15.0}),
+        # padded but B*L = 256: not part of the padded goal
+        _result(Point(8, 32, 64, 4, pad=0.5), 10.0, {"ort_mha": 10.5}),
+        # unpadded, L = 512: 1.12x, 91 % of peak
+        _result(Point(2, 512, 64, 4), 10.0, {"ort_mha": 11.2}, pct_peak=91.0),
+        # unpadded, L = 32: 1.05x; memory higher than the best alternative's
+        _result(Point(1, 32, 64, 4), 10.0, {"ort_mha": 10.5}, mem={"fused": 5.0, "ort_mha": 4.0}),
+    ]
+    by_name = {name: (met, n, misses) for name, met, n, misses in goals.check(res)}
+    met, n, misses = by_name["padded (25-50 %), B*L >= 512: >= 1.3x"]
+    assert (met, n) == (1, 2) and "1.25x vs ort_mha" in misses[0]
+    met, n, misses = by_name["unpadded: >= 1.1x"]
+    assert (met, n) == (1, 2) and misses[0].startswith("1x32")
+    assert by_name["unpadded L >= 512: >= 90 % of sgemm peak"][:2] == (1, 1)
+    met, n, misses = by_name["peak memory <= best alternative"]
+    assert (met, n) == (0, 1) and "5 MB vs 4 MB" in misses[0]
+
+
+def test_interleaved_shuffles_the_order_each_round():
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in "abcdef"}
+    samples = timing.interleaved(runners, budget_s=0.0, min_reps=30, max_reps=30, warmup=1, seed=3)
+    assert all(len(v) == 30 for v in samples.values())
+    rounds = [tuple(calls[i:i + 6]) for i in range(6, len(calls), 6)]  # after the warm-up round
+    assert all(sorted(r) == list("abcdef") for r in rounds)
+    # Every alternative follows torch-like "f" sometimes, not always the same one.
+    followers = {r[r.index("f") + 1] for r in rounds if r.index("f") < 5}
+    assert len(followers) >= 4
