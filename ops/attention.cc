@@ -279,23 +279,38 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   const bool causal = a.causal && col[nk - 1] > i0;
   if (!a.kpm && !a.attn_mask && !causal) return;
   const float* kpm_row = a.kpm ? a.kpm + b * a.S : nullptr;
+  // Given keys come first and in increasing position, the extra keys (bias_kv, zero_attn: not
+  // masked by kpm / attn_mask) last.  Without compaction a block's given keys are consecutive positions j0, j0+1, ...
+  // and the masks are read as contiguous rows (vectorised loops); after compaction they are
+  // gathered through col.  Both add kpm + attn_mask first, then the sum, as PyTorch merges masks.
+  int64_t n_given = nk;
+  while (n_given > 0 && col[n_given - 1] >= a.S) --n_given;
+  const int64_t j0 = col[0];
+  const bool consecutive = n_given > 0 && col[n_given - 1] == j0 + n_given - 1;
   for (int64_t rr = 0; rr < nq; ++rr) {
     const int64_t i = i0 + rr;
     float* srow = sc.s.data() + rr * kKB;
     const float* am_row = nullptr;
     if (a.attn_mask)
       am_row = a.attn_mask + ((a.attn_mask_3d ? (b * a.H + h) * a.L : 0) + i) * a.S;
-    if (kpm_row || am_row) {
-      for (int64_t c = 0; c < nk; ++c) {
-        const int64_t j = col[c];
-        if (j < a.S) {
-          float add = 0.0f;
-          if (kpm_row) add += kpm_row[j];
-          if (am_row) add += am_row[j];
-          srow[c] += add;
-        }
-      }
+    if (consecutive) {
+      const float* km = kpm_row ? kpm_row + j0 : nullptr;
+      const float* am = am_row ? am_row + j0 : nullptr;
+      if (km && am)
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += km[c] + am[c];
+      else if (km)
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += km[c];
+      else if (am)
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += am[c];
+    } else {
+      if (kpm_row && am_row)
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += kpm_row[col[c]] + am_row[col[c]];
+      else if (kpm_row)
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += kpm_row[col[c]];
+      else if (am_row)
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += am_row[col[c]];
     }
+    // Top-left causal over the whole key axis S' (extra keys at S, S+1 included, as SDPA does).
     if (causal)
       for (int64_t c = 0; c < nk; ++c)
         if (col[c] > i) srow[c] = kNegInf;
