@@ -414,18 +414,50 @@ static inline __attribute__((always_inline)) V BlockExp(float* s, int64_t n, flo
   return lane;
 }
 
+// True if the first n floats are all finite (x - x is 0 for finite x, NaN for NaN and +-inf).
+// Lane-wise accumulation: a scalar float sum may not be reordered, so it would not vectorise.
+template <typename V>
+static inline __attribute__((always_inline)) bool AllFinite(const float* x, int64_t n) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  V acc = V{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const V v = Load<V>(x + i);
+    acc += v - v;
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += x[i] - x[i];
+  for (int l = 0; l < W; ++l) tail += acc[l];
+  return tail == 0.0f;
+}
+
+// True if some of the first n floats is NaN (a row whose maximum, which ignores NaN, is -inf).
+static inline bool HasNaN(const float* x, int64_t n) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) nan |= x[i] != x[i];
+  return nan;
+}
+
 // One key block of the online softmax for rows [0, nq): s (rows kKB apart, the first nw
 // columns) becomes p = exp(s - m_new), the running max m and the lane-wise running sums lv (W
 // per row) are updated, and the row's accumulator (D floats, rows D apart) is rescaled by
-// exp(m_old - m_new) when the max grew.
+// exp(m_old - m_new) when the max grew.  Returns false when every score of the block is -inf
+// (the masks hide the whole block): then p is all 0 and P·V can be skipped.
 template <typename V>
-static inline __attribute__((always_inline)) void OnlineSoftmax(float* s, int64_t nq, int64_t nw,
+static inline __attribute__((always_inline)) bool OnlineSoftmax(float* s, int64_t nq, int64_t nw,
                                                                 int64_t D, float* m, float* lv,
                                                                 float* acc) {
   constexpr int W = sizeof(V) / sizeof(float);
+  float bmax[kQB];
+  bool live = false;
+  for (int64_t r = 0; r < nq; ++r) {
+    bmax[r] = BlockMax<V>(s + r * kKB, nw);
+    live = live || bmax[r] > kNegInf || HasNaN(s + r * kKB, nw);
+  }
+  if (!live) return false;  // nothing to exponentiate: every p is 0, m and l stay
   for (int64_t r = 0; r < nq; ++r) {
     float* srow = s + r * kKB;
-    const float mx = BlockMax<V>(srow, nw);
+    const float mx = bmax[r];
     const float mnew = mx > m[r] ? mx : m[r];
     const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
     const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);
@@ -435,6 +467,7 @@ static inline __attribute__((always_inline)) void OnlineSoftmax(float* s, int64_
     if (alpha != 1.0f)
       for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
   }
+  return live;
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -448,17 +481,25 @@ static inline __attribute__((always_inline)) void OnlineSoftmax(float* s, int64_
 // (GCC 12 reports its own _mm512_undefined_ps() inside the intrinsics as maybe-uninitialized.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-__attribute__((target("avx512f"), noinline)) void OnlineSoftmaxAvx512(float* s, int64_t nq,
+__attribute__((target("avx512f"), noinline)) bool OnlineSoftmaxAvx512(float* s, int64_t nq,
                                                                      int64_t nw, int64_t D,
                                                                      float* m, float* lv,
                                                                      float* acc) {
   const __m512 ninf = _mm512_set1_ps(kNegInf);
+  float bmax[kQB];
+  bool live = false;
   for (int64_t r = 0; r < nq; ++r) {
-    float* srow = s + r * kKB;
+    const float* srow = s + r * kKB;
     __m512 mx = ninf;
     for (int64_t c = 0; c < nw; c += 16)
       mx = _mm512_max_ps(_mm512_loadu_ps(srow + c), mx);  // NaN scores: the second operand wins
-    const float bm = _mm512_reduce_max_ps(mx);
+    bmax[r] = _mm512_reduce_max_ps(mx);
+    live = live || bmax[r] > kNegInf || HasNaN(srow, nw);
+  }
+  if (!live) return false;  // nothing to exponentiate: every p is 0, m and l stay
+  for (int64_t r = 0; r < nq; ++r) {
+    float* srow = s + r * kKB;
+    const float bm = bmax[r];
     const float mnew = bm > m[r] ? bm : m[r];
     const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
     const __m512 mv = _mm512_set1_ps(mnew);
@@ -491,6 +532,7 @@ __attribute__((target("avx512f"), noinline)) void OnlineSoftmaxAvx512(float* s, 
     if (alpha != 1.0f)
       for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
   }
+  return live;
 }
 #pragma GCC diagnostic pop
 #endif
@@ -556,13 +598,16 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
       const int64_t nk = std::min(kKB, total - t0);
       const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
+      bool live;
 #ifdef MASKEDMHA_AVX512_SOFTMAX
       if constexpr (std::is_same_v<V, V16>)
-        OnlineSoftmaxAvx512(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
+        live = OnlineSoftmaxAvx512(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
       else
 #endif
-        OnlineSoftmax<V>(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
-      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
+        live = OnlineSoftmax<V>(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
+      // A block the masks hide entirely adds p = 0 to every row: skip P·V -- unless a value in it
+      // is NaN or infinite, where PyTorch's 0 * v gives NaN and so must we.
+      if (live || !AllFinite<V>(vp_bh + t0 * D, nk * D)) BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
     }
   } else {
     // Pass 1: row max and normaliser.

@@ -437,6 +437,41 @@ def test_all_minus_inf_float_mask_row_with_extra_key():
             assert_close(res[1], ref_w)
 
 
+@pytest.mark.parametrize("kind", ["float2", "bool3"])
+def test_mask_hiding_whole_key_blocks(kind):
+    """A causal-like mask given as attn_mask over 300 keys hides whole blocks of 128 keys for
+    the first query blocks (the kernel skips their P·V); results still match PyTorch."""
+    B, L, S, E, H = 2, 300, 300, 32, 2
+    feeds = make_feeds(B, L, S, E, H, seed=23, self_attn=True, attn_mask=kind, kpm="bool", pad_frac=0.1)
+    hide = np.triu(np.ones((L, S), dtype=bool), k=1)
+    if kind == "float2":
+        feeds["attn_mask"] = np.where(hide, -np.inf, feeds["attn_mask"]).astype(np.float32)
+    else:
+        feeds["attn_mask"] = feeds["attn_mask"] | hide[None]
+    out, = run(feeds, H)
+    ref, _ = torch_reference(feeds, H)
+    assert_close(out, ref)
+
+
+def test_nan_value_in_a_hidden_key_block_propagates_like_pytorch():
+    """PyTorch multiplies the zero weights of hidden keys by their values, so a NaN value makes
+    the row NaN even when the mask hides its whole key block: the block must not be skipped."""
+    B, L, S, E, H = 1, 40, 300, 32, 2
+    feeds = make_feeds(B, L, S, E, H, seed=29)
+    m = np.zeros((L, S), dtype=np.float32)
+    m[:, 128:256] = -np.inf  # the second key block is hidden for every query
+    feeds["attn_mask"] = m
+    feeds["value"][0, 200, 3] = np.nan
+    out, = run(feeds, H)
+    ref, _ = torch_reference(feeds, H)
+    assert np.isnan(ref).all() and np.isnan(out).all()
+    feeds["value"][0, 200, 3] = 1.0  # the same mask with finite values: finite and equal
+    out, = run(feeds, H)
+    ref, _ = torch_reference(feeds, H)
+    assert not np.isnan(out).any()
+    assert_close(out, ref)
+
+
 def test_huge_negative_float_mask_is_stable():
     """Scores shifted by -1e30 everywhere must not underflow to a 0/0 (max-subtracted softmax)."""
     B, L, S, E, H = 2, 4, 6, 16, 2
