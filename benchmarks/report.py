@@ -106,6 +106,9 @@ def markdown(meta: dict, results: list) -> str:
 
 
 def plot(path: str, meta: dict, results: list) -> None:
+    if len(results) > 40:
+        plot_many(path, meta, results)
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,6 +145,53 @@ def plot(path: str, meta: dict, results: list) -> None:
     ax2.legend(fontsize=8, ncol=3)
     ax2.set_xticks(x)
     ax2.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_many(path: str, meta: dict, results: list) -> None:
+    """Large grids: one dot per point, speed-up of fused over the fastest alternative, points
+    grouped by (B, L) along x, colour = padding, marker = attn_mask, filled = self-attention."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = []
+    for r in results:
+        key = (r["point"]["B"], r["point"]["L"])
+        if key not in groups:
+            groups.append(key)
+    pad_color = {0.0: "C0", 0.25: "C1", 0.5: "C3"}
+    mask_marker = {"none": "o", "causal": "^", "random": "s"}
+    fig, ax = plt.subplots(figsize=(12, 6))
+    within = {}
+    for r in results:
+        p, f = r["point"], r["alts"].get("fused", {})
+        others = [x["median_ms"] for a, x in r["alts"].items() if a != "fused" and x.get("status") == "ok"]
+        if f.get("status") != "ok" or not others:
+            continue
+        g = groups.index((p["B"], p["L"]))
+        k = within.get(g, 0)
+        within[g] = k + 1
+        xpos = g + 0.1 + 0.8 * (k % 45) / 45
+        ax.scatter(xpos, min(others) / f["median_ms"], s=22, marker=mask_marker.get(p["mask"], "o"),
+                   color=pad_color.get(p["pad"], "k"), facecolors=pad_color.get(p["pad"], "k") if not p["cross"] else "none")
+    for y, style in ((1.0, "-"), (1.1, ":"), (1.3, "--")):
+        ax.axhline(y, color="k", lw=0.8, ls=style)
+    ax.set_xticks([g + 0.5 for g in range(len(groups))])
+    ax.set_xticklabels([f"{b}x{l}" for b, l in groups])
+    ax.set_xlim(0, len(groups))
+    ax.set_xlabel("B x L (within a group: E/H, self then cross, padding, mask)")
+    ax.set_ylabel("fastest alternative ms / fused ms  (>1: fused faster)")
+    ax.set_title(f"MaskedMHA fused kernel vs the fastest alternative, {len(results)} points — "
+                 f"{meta['threads']} threads, {meta['date']}")
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"pad {int(v * 100)}%") for v, c in pad_color.items()]
+    handles += [Line2D([], [], ls="", marker=m, color="grey", label=f"mask {k}") for k, m in mask_marker.items()]
+    handles += [Line2D([], [], ls="", marker="o", color="grey", markerfacecolor="none", label="cross-attention"),
+                Line2D([], [], color="k", ls=":", label="1.1x"), Line2D([], [], color="k", ls="--", label="1.3x")]
+    ax.legend(handles=handles, fontsize=8, ncol=5, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
