@@ -280,9 +280,10 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   if (!a.kpm && !a.attn_mask && !causal) return;
   const float* kpm_row = a.kpm ? a.kpm + b * a.S : nullptr;
   // Given keys come first and in increasing position, the extra keys (bias_kv, zero_attn: not
-  // masked by kpm / attn_mask) last.  Without compaction a block's given keys are consecutive positions j0, j0+1, ...
-  // and the masks are read as contiguous rows (vectorised loops); after compaction they are
-  // gathered through col.  Both add kpm + attn_mask first, then the sum, as PyTorch merges masks.
+  // masked by kpm / attn_mask) last.  Without compaction a block's given keys are consecutive
+  // positions j0, j0+1, ... and the masks are read as contiguous rows (vectorised loops); after
+  // compaction they are gathered through col.  Both add kpm + attn_mask first, then the sum, as
+  // PyTorch merges the masks before adding them to the scores.
   int64_t n_given = nk;
   while (n_given > 0 && col[n_given - 1] >= a.S) --n_given;
   const int64_t j0 = col[0];
@@ -607,7 +608,8 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
         live = OnlineSoftmax<V>(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
       // A block the masks hide entirely adds p = 0 to every row: skip P·V -- unless a value in it
       // is NaN or infinite, where PyTorch's 0 * v gives NaN and so must we.
-      if (live || !AllFinite<V>(vp_bh + t0 * D, nk * D)) BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
+      if (live || !AllFinite<V>(vp_bh + t0 * D, nk * D))
+        BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
     }
   } else {
     // Pass 1: row max and normaliser.
