@@ -474,7 +474,8 @@ static inline __attribute__((always_inline)) bool OnlineSoftmax(float* s, int64_
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MASKEDMHA_AVX512_SOFTMAX 1
 // OnlineSoftmax for AVX-512 with intrinsics (a separate, not inlined function: the intrinsics
-// need the avx512f target on the function that contains them).  The exponential is the same
+// need the avx512f target on the function that contains them, so it cannot share OnlineSoftmax's
+// template body -- keep the two in step).  The exponential is the same
 // Cody-Waite reduction and degree-7 polynomial as ExpV, but 2^n is applied with vscalefps and
 // n rounded with vrndscaleps, the -inf keys are zeroed with a mask register and the clamp is
 // one vmaxps: ~20 vector operations per 16 scores instead of ~27.  The exponentials are about
