@@ -184,8 +184,9 @@ def plot_many(path: str, meta: dict, results: list) -> None:
     ax.set_xlim(0, len(groups))
     ax.set_xlabel("B x L (within a group: E/H, self then cross, padding, mask)")
     ax.set_ylabel("fastest alternative ms / fused ms  (>1: fused faster)")
+    date = meta["date"].split(" / ")
     ax.set_title(f"MaskedMHA fused kernel vs the fastest alternative, {len(results)} points — "
-                 f"{meta['threads']} threads, {meta['date']}")
+                 f"{meta['threads']} threads, {date[0]}" + (f" (+{len(date) - 1} more runs)" if len(date) > 1 else ""))
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], ls="", marker="o", color=c, label=f"pad {int(v * 100)}%") for v, c in pad_color.items()]
     handles += [Line2D([], [], ls="", marker=m, color="grey", label=f"mask {k}") for k, m in mask_marker.items()]
