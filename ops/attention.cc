@@ -294,23 +294,17 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
     const float* am_row = nullptr;
     if (a.attn_mask)
       am_row = a.attn_mask + ((a.attn_mask_3d ? (b * a.H + h) * a.L : 0) + i) * a.S;
-    if (consecutive) {
-      const float* km = kpm_row ? kpm_row + j0 : nullptr;
-      const float* am = am_row ? am_row + j0 : nullptr;
-      if (km && am)
-        for (int64_t c = 0; c < n_given; ++c) srow[c] += km[c] + am[c];
-      else if (km)
-        for (int64_t c = 0; c < n_given; ++c) srow[c] += km[c];
-      else if (am)
-        for (int64_t c = 0; c < n_given; ++c) srow[c] += am[c];
-    } else {
+    // key(c): the original position of block column c.
+    auto add_masks = [&](auto key) {
       if (kpm_row && am_row)
-        for (int64_t c = 0; c < n_given; ++c) srow[c] += kpm_row[col[c]] + am_row[col[c]];
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += kpm_row[key(c)] + am_row[key(c)];
       else if (kpm_row)
-        for (int64_t c = 0; c < n_given; ++c) srow[c] += kpm_row[col[c]];
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += kpm_row[key(c)];
       else if (am_row)
-        for (int64_t c = 0; c < n_given; ++c) srow[c] += am_row[col[c]];
-    }
+        for (int64_t c = 0; c < n_given; ++c) srow[c] += am_row[key(c)];
+    };
+    if (consecutive) add_masks([j0](int64_t c) { return j0 + c; });
+    else add_masks([col](int64_t c) { return col[c]; });
     // Top-left causal over the whole key axis S' (extra keys at S, S+1 included, as SDPA does).
     if (causal)
       for (int64_t c = 0; c < nk; ++c)
@@ -415,28 +409,26 @@ static inline __attribute__((always_inline)) V BlockExp(float* s, int64_t n, flo
   return lane;
 }
 
-// True if the first n floats are all finite (x - x is 0 for finite x, NaN for NaN and +-inf).
-// Lane-wise accumulation: a scalar float sum may not be reordered, so it would not vectorise.
-template <typename V>
-static inline __attribute__((always_inline)) bool AllFinite(const float* x, int64_t n) {
-  constexpr int W = sizeof(V) / sizeof(float);
-  V acc = V{};
-  int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    const V v = Load<V>(x + i);
-    acc += v - v;
-  }
-  float tail = 0.0f;
-  for (; i < n; ++i) tail += x[i] - x[i];
-  for (int l = 0; l < W; ++l) tail += acc[l];
-  return tail == 0.0f;
-}
-
 // True if some of the first n floats is NaN (a row whose maximum, which ignores NaN, is -inf).
 static inline bool HasNaN(const float* x, int64_t n) {
   bool nan = false;
   for (int64_t i = 0; i < n; ++i) nan |= x[i] != x[i];
   return nan;
+}
+
+// The online softmax's per-row step after a block whose largest score is bm (NaN ignored): the
+// running max *m becomes max(*m, bm), the row's accumulator (D floats) is rescaled by
+// alpha = exp(m_old - m_new); returns {m_new, alpha} (the running sum must be scaled by alpha).
+struct RowStep {
+  float m, alpha;
+};
+static inline RowStep AdvanceRowMax(float bm, float* m, float* acc, int64_t D) {
+  const float mnew = bm > *m ? bm : *m;
+  const float alpha = (mnew == *m) ? 1.0f : std::exp(*m - mnew);
+  *m = mnew;
+  if (alpha != 1.0f)
+    for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
+  return {mnew, alpha};
 }
 
 // One key block of the online softmax for rows [0, nq): s (rows kKB apart, the first nw
@@ -457,16 +449,10 @@ static inline __attribute__((always_inline)) bool OnlineSoftmax(float* s, int64_
   }
   if (!live) return false;  // nothing to exponentiate: every p is 0, m and l stay
   for (int64_t r = 0; r < nq; ++r) {
-    float* srow = s + r * kKB;
-    const float mx = bmax[r];
-    const float mnew = mx > m[r] ? mx : m[r];
-    const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-    const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);
+    const RowStep st = AdvanceRowMax(bmax[r], &m[r], acc + r * D, D);
+    const V sum = BlockExp<V>(s + r * kKB, nw, st.m, 1.0f);
     float* lvr = lv + r * W;
-    Store<V>(lvr, Load<V>(lvr) * alpha + sum);
-    m[r] = mnew;
-    if (alpha != 1.0f)
-      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+    Store<V>(lvr, Load<V>(lvr) * st.alpha + sum);
   }
   return live;
 }
@@ -501,10 +487,8 @@ __attribute__((target("avx512f"), noinline)) bool OnlineSoftmaxAvx512(float* s, 
   if (!live) return false;  // nothing to exponentiate: every p is 0, m and l stay
   for (int64_t r = 0; r < nq; ++r) {
     float* srow = s + r * kKB;
-    const float bm = bmax[r];
-    const float mnew = bm > m[r] ? bm : m[r];
-    const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-    const __m512 mv = _mm512_set1_ps(mnew);
+    const RowStep st = AdvanceRowMax(bmax[r], &m[r], acc + r * D, D);
+    const __m512 mv = _mm512_set1_ps(st.m);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t c = 0; c < nw; c += 16) {
       const __m512 v = _mm512_loadu_ps(srow + c);
@@ -529,10 +513,7 @@ __attribute__((target("avx512f"), noinline)) bool OnlineSoftmaxAvx512(float* s, 
       sum = _mm512_add_ps(sum, e);
     }
     float* lvr = lv + r * 16;
-    _mm512_storeu_ps(lvr, _mm512_fmadd_ps(_mm512_loadu_ps(lvr), _mm512_set1_ps(alpha), sum));
-    m[r] = mnew;
-    if (alpha != 1.0f)
-      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+    _mm512_storeu_ps(lvr, _mm512_fmadd_ps(_mm512_loadu_ps(lvr), _mm512_set1_ps(st.alpha), sum));
   }
   return live;
 }
@@ -609,7 +590,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
         live = OnlineSoftmax<V>(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
       // A block the masks hide entirely adds p = 0 to every row: skip P·V -- unless a value in it
       // is NaN or infinite, where PyTorch's 0 * v gives NaN and so must we.
-      if (live || !AllFinite<V>(vp_bh + t0 * D, nk * D))
+      if (live || !simd::AllFinite<V>(vp_bh + t0 * D, nk * D))
         BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
     }
   } else {

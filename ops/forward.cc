@@ -54,7 +54,7 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
   };
 
   AttentionArgs a;
-  if (pl.self_attn) {
+  if (pl.w_qkv) {
     float* qkv = wb.qkv.resize(static_cast<size_t>(nb * L * 3 * E));
     Gemm(query, E, nb * L, *pl.w_qkv, pl.in_bias, qkv, 3 * E, par);
     a.q = qkv;
@@ -68,7 +68,7 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
     a.q_stride = E;
     const float* b_k = pl.in_bias ? pl.in_bias + E : nullptr;
     const float* b_v = pl.in_bias ? pl.in_bias + 2 * E : nullptr;
-    if (pl.kv_together) {
+    if (pl.w_kv) {
       // Key is value and Wk, Wv are adjacent rows of the packed weight: one (2E) projection.
       const float* kin = rows(pl.key, pl.Kd, &wb.key_rows);
       float* kv = wb.kv.resize(static_cast<size_t>(n_keys * 2 * E));

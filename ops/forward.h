@@ -27,10 +27,10 @@ struct ForwardPlan {
   const float* bias_k = nullptr;    // (E) or null
   const float* bias_v = nullptr;
 
-  // Packed weights (gemm.h).  self_attn: one (3E) projection of the query rows gives Q, K and V;
-  // else w_q, and either w_kv (key is value: one (2E) projection) or w_k and w_v.
-  bool self_attn = false;
-  bool kv_together = false;
+  // Packed weights (gemm.h); exactly one of three sets is given:
+  //  * w_qkv: self-attention, one (3E) projection of the query rows gives Q, K and V;
+  //  * w_q and w_kv: key is value, one (2E) projection gives K and V;
+  //  * w_q, w_k and w_v.
   const PackedWeight* w_qkv = nullptr;
   const PackedWeight* w_q = nullptr;
   const PackedWeight* w_kv = nullptr;

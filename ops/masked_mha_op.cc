@@ -26,6 +26,7 @@
 #include "forward.h"
 #include "gemm.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace maskedmha {
 
@@ -332,11 +333,7 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
                   if (!kpm_bool[r]) continue;
                   const float* kr = key + r * p.Kd;
                   const float* vr = value + r * p.Vd;
-                  // Finite iff x - x == 0 (NaN and +-inf give NaN); no early exit inside a row.
-                  float acc = 0.0f;
-                  for (int64_t c = 0; c < p.Kd; ++c) acc += kr[c] - kr[c];
-                  for (int64_t c = 0; c < p.Vd; ++c) acc += vr[c] - vr[c];
-                  f = acc == 0.0f;
+                  f = simd::AllFinite<simd::V4>(kr, p.Kd) && simd::AllFinite<simd::V4>(vr, p.Vd);
                 }
                 if (!f) ok.store(false, std::memory_order_relaxed);
               });
@@ -378,14 +375,13 @@ void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   plan.bias_k = fptr(kBiasK);
   plan.bias_v = fptr(kBiasV);
   const bool same_kv = key == value && p.Kd == p.Vd;
-  plan.self_attn = p.packed && !compact && same_kv && query == key && L == S;
-  plan.kv_together = !plan.self_attn && p.packed && same_kv;
+  const bool self_attn = p.packed && !compact && same_kv && query == key && L == S;
   PackedWeight pw_qkv, pw_q, pw_kv, pw_k, pw_v, pw_out;  // used only for non-constant weights
-  if (plan.self_attn) {
+  if (self_attn) {
     plan.w_qkv = &Packed(kInProjWeight, w_in, 0, 3 * E, E, &pw_qkv);
   } else {
     plan.w_q = &Packed(kInProjWeight, w_in, 0, E, E, &pw_q);
-    if (plan.kv_together) {
+    if (p.packed && same_kv) {
       plan.w_kv = &Packed(kInProjWeight, w_in, E, 2 * E, E, &pw_kv);  // rows [E, 3E): Wk, Wv
     } else if (p.packed) {
       plan.w_k = &Packed(kInProjWeight, w_in, E, E, p.Kd, &pw_k);

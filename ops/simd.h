@@ -27,5 +27,22 @@ static inline __attribute__((always_inline)) void Store(float* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// True if the first n floats are all finite: x - x is 0 for finite x and NaN for NaN and +-inf,
+// summed lane-wise (a scalar float sum may not be reordered, so it would not vectorise).
+template <typename V>
+static inline __attribute__((always_inline)) bool AllFinite(const float* x, int64_t n) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  V acc = V{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const V v = Load<V>(x + i);
+    acc += v - v;
+  }
+  float sum = 0.0f;
+  for (; i < n; ++i) sum += x[i] - x[i];
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  return sum == 0.0f;
+}
+
 }  // namespace simd
 }  // namespace maskedmha
