@@ -199,8 +199,8 @@ static inline __attribute__((always_inline)) V Splat(float x) {
 }
 
 // s[r][0..kKB) = q[r] . kt[:, block] for RB rows at once: RB x NV vector accumulators stay in
-// registers across the whole D loop.  q is a row tile packed d-major (q[d * RB + r]), so the
-// broadcasts read one contiguous stream.
+// registers across the whole D loop.  q: RB contiguous rows of D scaled queries (each
+// broadcast reads its own row; RB lines stay in L1).
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void ScoreRows(const float* q, int64_t D,
                                                             const float* kt, int64_t ldk,
@@ -215,7 +215,7 @@ static inline __attribute__((always_inline)) void ScoreRows(const float* q, int6
       V kv[NV];
       for (int v = 0; v < NV; ++v) kv[v] = Load<V>(kt + d * ldk + c0 + v * W);
       for (int r = 0; r < RB; ++r) {
-        const float qv = q[d * RB + r];
+        const float qv = q[r * D + d];
         for (int v = 0; v < NV; ++v) acc[r][v] += qv * kv[v];
       }
     }
@@ -546,14 +546,14 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
       __builtin_prefetch(out + d, 1);
     }
   }
-  // Scaled queries in RB-row tiles, d-major (see ScoreRows); rows past nq are zero.
+  // Scaled queries, one contiguous row each (see ScoreRows); rows past nq are zero.
   for (int64_t r = 0; r < nqr; ++r) {
-    float* qs = sc.qs.data() + (r / RB) * RB * D + (r % RB);
+    float* qs = sc.qs.data() + r * D;
     if (r < nq) {
       const float* q = a.q + (b * a.L + i0 + r) * a.q_stride + h * D;
-      for (int64_t d = 0; d < D; ++d) qs[d * RB] = q[d] * a.scale;
+      for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
     } else {
-      for (int64_t d = 0; d < D; ++d) qs[d * RB] = 0.0f;
+      for (int64_t d = 0; d < D; ++d) qs[d] = 0.0f;
     }
   }
   constexpr int W = sizeof(V) / sizeof(float);
