@@ -1,9 +1,8 @@
 // MaskedMHA forward pass: projections, attention, output projection (see forward.h).
 #include "forward.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstring>
+#include <cstdint>
 #include <vector>
 
 #include "aligned.h"
@@ -15,7 +14,8 @@ namespace {
 
 // Intermediates, per calling thread (kept between calls: see Buffer).
 struct WorkBuffers {
-  Buffer qkv, q, kv, k, v, key_rows, value_rows, attn, per_head;
+  Buffer qkv, q, kv, k, v, attn, per_head;
+  std::vector<int64_t> kv_rows;  // source row of each kept key (compaction)
 };
 
 WorkBuffers& LocalBuffers() {
@@ -34,24 +34,15 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
   const int64_t* off = pl.kv_offset;
   const int64_t* key_index = pl.key_index;
   const int64_t n_keys = off ? off[nb] : nb * S;  // keys to project (all, or the kept ones)
-  // Rows of key / value to project: the originals, or a gathered copy of the kept rows.
-  auto rows = [&](const float* src, int64_t width, Buffer* buf) -> const float* {
-    if (!off) return src;
-    float* dst = buf->resize(static_cast<size_t>(n_keys * width));
-    if (width == 0 || n_keys == 0) return dst;  // nothing to copy (memcpy must not see null)
-    ForChunks(par, static_cast<size_t>(n_keys),
-              std::max<size_t>(1, (size_t{1} << 14) / static_cast<size_t>(width)),
-              [&](size_t r0, size_t r1) {
-                // Item of row r0: the last b with off[b] <= r0.
-                int64_t b = std::upper_bound(off, off + nb + 1, static_cast<int64_t>(r0)) - off - 1;
-                for (int64_t r = static_cast<int64_t>(r0); r < static_cast<int64_t>(r1); ++r) {
-                  while (r >= off[b + 1]) ++b;
-                  std::memcpy(dst + r * width, src + (b * S + key_index[r]) * width,
-                              static_cast<size_t>(width) * sizeof(float));
-                }
-              });
-    return dst;
-  };
+  // Rows of key / value to project: all of them, or (compaction) the kept ones, which the
+  // GEMM reads in place through their row numbers while it packs them.
+  const int64_t* kv_rows = nullptr;
+  if (off) {
+    wb.kv_rows.resize(static_cast<size_t>(n_keys));
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t r = off[b]; r < off[b + 1]; ++r) wb.kv_rows[r] = b * S + key_index[r];
+    kv_rows = wb.kv_rows.data();
+  }
 
   AttentionArgs a;
   if (pl.w_qkv) {
@@ -70,21 +61,16 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
     const float* b_v = pl.in_bias ? pl.in_bias + 2 * E : nullptr;
     if (pl.w_kv) {
       // Key is value and Wk, Wv are adjacent rows of the packed weight: one (2E) projection.
-      const float* kin = rows(pl.key, pl.Kd, &wb.key_rows);
       float* kv = wb.kv.resize(static_cast<size_t>(n_keys * 2 * E));
-      Gemm(kin, pl.Kd, n_keys, *pl.w_kv, b_k, kv, 2 * E, par);
+      Gemm(pl.key, pl.Kd, n_keys, *pl.w_kv, b_k, kv, 2 * E, par, kv_rows);
       a.k = kv;
       a.v = kv + E;
       a.k_stride = a.v_stride = 2 * E;
     } else {
-      const float* kin = rows(pl.key, pl.Kd, &wb.key_rows);
-      const float* vin = (pl.key == pl.value && pl.Kd == pl.Vd)
-                             ? kin
-                             : rows(pl.value, pl.Vd, &wb.value_rows);
       float* k = wb.k.resize(static_cast<size_t>(n_keys * E));
       float* v = wb.v.resize(static_cast<size_t>(n_keys * E));
-      Gemm(kin, pl.Kd, n_keys, *pl.w_k, b_k, k, E, par);
-      Gemm(vin, pl.Vd, n_keys, *pl.w_v, b_v, v, E, par);
+      Gemm(pl.key, pl.Kd, n_keys, *pl.w_k, b_k, k, E, par, kv_rows);
+      Gemm(pl.value, pl.Vd, n_keys, *pl.w_v, b_v, v, E, par, kv_rows);
       a.k = k;
       a.v = v;
       a.k_stride = a.v_stride = E;

@@ -33,6 +33,7 @@ constexpr size_t kMCMax = 96;   // rows per task (rounded to a multiple of MR)
 constexpr size_t kNC = 256;     // columns per task (multiple of every NR)
 constexpr size_t kNCMin = 64;   // fewest columns per task when splitting for parallelism
 constexpr size_t kPrefetchB = 16;  // k-steps ahead the B panel is prefetched
+constexpr size_t kMaxMR = 12;      // the tallest micro-tile (AVX-512)
 
 struct GemmArgs {
   const float* a;
@@ -93,8 +94,8 @@ static inline __attribute__((always_inline)) void MicroKernel(const float* __res
 // permute.  About 5x fewer instructions than gathering the 192 floats one by one, which made
 // packing A ~5 % of the projection time at L = 128.
 typedef int32_t I16 __attribute__((vector_size(64)));
-static inline __attribute__((always_inline)) void Transpose12x16(const float* a, size_t lda,
-                                                                 float* dst) {
+static inline __attribute__((always_inline)) void Transpose12x16(const float* const* rows,
+                                                                 size_t p, float* dst) {
   static constexpr I16 kLo[4] = {
       {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
       {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
@@ -107,7 +108,7 @@ static inline __attribute__((always_inline)) void Transpose12x16(const float* a,
       {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}};
   V16 v[16];
 #pragma GCC unroll 16
-  for (int r = 0; r < 16; ++r) v[r] = r < 12 ? simd::Load<V16>(a + r * lda) : V16{};
+  for (int r = 0; r < 16; ++r) v[r] = r < 12 ? simd::Load<V16>(rows[r] + p) : V16{};
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j) {
 #pragma GCC unroll 16
@@ -125,27 +126,29 @@ static inline __attribute__((always_inline)) void Transpose12x16(const float* a,
   std::memcpy(dst + 15 * 12, &v[15], 12 * sizeof(float));
 }
 
-// Packs rows [0, rows) (rows <= MR) x cols [0, k) of A into one micro-panel (k x MR, zero rows
-// past `rows`).  Blocks of 16 k are gathered row by row and written out contiguously.
+// Packs rows [0, rows) (rows <= MR; row r starts at a[r]) x cols [0, k) of A into one
+// micro-panel (k x MR, zero rows past `rows`).  Blocks of 16 k are gathered row by row and
+// written out contiguously.  Rows are given by pointer so that a gathered subset of a matrix
+// (the kept keys of a padded batch) is packed straight from its source rows.
 template <int MR>
-static inline __attribute__((always_inline)) void PackA(const float* a, size_t lda, size_t rows,
+static inline __attribute__((always_inline)) void PackA(const float* const* a, size_t rows,
                                                         size_t k, float* dst) {
   if (rows == static_cast<size_t>(MR)) {
     size_t p = 0;
     if constexpr (MR == 12)  // the AVX-512 tile
-      for (; p + 16 <= k; p += 16) Transpose12x16(a + p, lda, dst + p * MR);
+      for (; p + 16 <= k; p += 16) Transpose12x16(a, p, dst + p * MR);
     for (; p + 16 <= k; p += 16) {
       float blk[16][MR];
       for (int r = 0; r < MR; ++r)
-        for (int q = 0; q < 16; ++q) blk[q][r] = a[r * lda + p + q];
+        for (int q = 0; q < 16; ++q) blk[q][r] = a[r][p + q];
       std::memcpy(dst + p * MR, blk, sizeof(blk));
     }
     for (; p < k; ++p)
-      for (int r = 0; r < MR; ++r) dst[p * MR + r] = a[r * lda + p];
+      for (int r = 0; r < MR; ++r) dst[p * MR + r] = a[r][p];
   } else {
     for (size_t p = 0; p < k; ++p)
       for (int r = 0; r < MR; ++r)
-        dst[p * MR + r] = r < static_cast<int>(rows) ? a[r * lda + p] : 0.0f;
+        dst[p * MR + r] = r < static_cast<int>(rows) ? a[r][p] : 0.0f;
   }
 }
 
@@ -194,14 +197,14 @@ static inline __attribute__((always_inline)) void TileBody(const GemmArgs& g, si
 }
 
 using TileFn = void (*)(const GemmArgs&, size_t, size_t, size_t, size_t);
-using PackFn = void (*)(const float*, size_t, size_t, size_t, float*);
+using PackFn = void (*)(const float* const*, size_t, size_t, float*);
 
 // Portable build: 4 x 8 tile = 8 SSE registers of accumulators.
 void TileGeneric(const GemmArgs& g, size_t i0, size_t i1, size_t j0, size_t j1) {
   TileBody<4, 2, V4>(g, i0, i1, j0, j1);
 }
-void PackGeneric(const float* a, size_t lda, size_t rows, size_t k, float* dst) {
-  PackA<4>(a, lda, rows, k, dst);
+void PackGeneric(const float* const* a, size_t rows, size_t k, float* dst) {
+  PackA<4>(a, rows, k, dst);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -211,17 +214,17 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const GemmArgs& g, size_t i0, 
                                                   size_t j0, size_t j1) {
   TileBody<6, 2, V8>(g, i0, i1, j0, j1);
 }
-__attribute__((target("avx2,fma"))) void PackAvx2(const float* a, size_t lda, size_t rows,
-                                                  size_t k, float* dst) {
-  PackA<6>(a, lda, rows, k, dst);
+__attribute__((target("avx2,fma"))) void PackAvx2(const float* const* a, size_t rows, size_t k,
+                                                  float* dst) {
+  PackA<6>(a, rows, k, dst);
 }
 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TileAvx512(
     const GemmArgs& g, size_t i0, size_t i1, size_t j0, size_t j1) {
   TileBody<12, 2, V16>(g, i0, i1, j0, j1);
 }
 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void PackAvx512(
-    const float* a, size_t lda, size_t rows, size_t k, float* dst) {
-  PackA<12>(a, lda, rows, k, dst);
+    const float* const* a, size_t rows, size_t k, float* dst) {
+  PackA<12>(a, rows, k, dst);
 }
 #endif
 
@@ -267,7 +270,7 @@ void PackWeight(const float* w, size_t row0, size_t n, size_t k, PackedWeight* o
 }
 
 void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const float* bias,
-          float* c, size_t ldc, const Parallel& par) {
+          float* c, size_t ldc, const Parallel& par, const int64_t* a_rows) {
   if (m == 0 || w.n == 0) return;
   const Kernel& kern = GetKernel();
   if (w.nr != kern.nr) throw std::logic_error("Gemm: weight packed for another kernel");
@@ -286,8 +289,15 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
   // costs more than the copy.
   const size_t pack_tasks = m * k <= (size_t{1} << 15) ? 1 : std::min<size_t>(mp, 16);
   par.For(pack_tasks, [&](size_t t) {
-    for (size_t q = t * mp / pack_tasks; q < (t + 1) * mp / pack_tasks; ++q)
-      pack(a + q * mr * lda, lda, std::min(mr, m - q * mr), k, apack + q * mr * k);
+    for (size_t q = t * mp / pack_tasks; q < (t + 1) * mp / pack_tasks; ++q) {
+      const float* rows[kMaxMR];
+      const size_t n = std::min(mr, m - q * mr);
+      for (size_t r = 0; r < n; ++r) {
+        const size_t i = q * mr + r;
+        rows[r] = a + (a_rows ? static_cast<size_t>(a_rows[i]) : i) * lda;
+      }
+      pack(rows, n, k, apack + q * mr * k);
+    }
   });
   const TileFn tile = kern.tile;
   // Task grid: NC-column blocks x MC-row blocks; MC shrinks (in whole micro-tiles) when M is

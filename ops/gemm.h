@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "aligned.h"
@@ -21,7 +22,9 @@ struct PackedWeight {
 void PackWeight(const float* w, size_t row0, size_t n, size_t k, PackedWeight* out);
 
 // C[m, ldc] (first n columns) = A[m, lda] (first k columns) · W^T + bias (bias may be null).
+// With a_rows, row i of A is row a_rows[i] of a (a gathered subset, read in place while A is
+// packed: no gathered copy).
 void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const float* bias,
-          float* c, size_t ldc, const Parallel& par);
+          float* c, size_t ldc, const Parallel& par, const int64_t* a_rows = nullptr);
 
 }  // namespace maskedmha
