@@ -80,35 +80,15 @@ struct KeyLayout {
 };
 
 // 16 key rows (rows[u] + d0, 16 floats each) transposed into 16 rows of kt (kt + j * ldk, 16
-// keys each) in registers: four butterfly stages of two-source permutes, as in gemm.cc's A
-// packing.  Only instantiated where V16 is a native vector (the AVX-512 PackHead).
+// keys each) in registers.  Only instantiated where V16 is a native vector (the AVX-512
+// PackHead).
 static inline __attribute__((always_inline)) void TransposeKeys16(const float* const* rows,
                                                                   int64_t d0, float* kt,
                                                                   int64_t ldk) {
-  typedef int32_t I16v __attribute__((vector_size(64)));
-  static constexpr I16v kLo[4] = {
-      {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
-      {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-      {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-      {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}};
-  static constexpr I16v kHi[4] = {
-      {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31},
-      {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
-      {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
-      {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}};
   simd::V16 v[16];
 #pragma GCC unroll 16
   for (int r = 0; r < 16; ++r) v[r] = simd::Load<simd::V16>(rows[r] + d0);
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-#pragma GCC unroll 16
-    for (int r = 0; r < 16; ++r) {
-      if (r & (1 << j)) continue;
-      const simd::V16 x = v[r], y = v[r | (1 << j)];
-      v[r] = __builtin_shuffle(x, y, kLo[j]);
-      v[r | (1 << j)] = __builtin_shuffle(x, y, kHi[j]);
-    }
-  }
+  simd::Transpose16x16(v);
 #pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) simd::Store<simd::V16>(kt + j * ldk, v[j]);
 }

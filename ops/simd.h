@@ -44,5 +44,32 @@ static inline __attribute__((always_inline)) bool AllFinite(const float* x, int6
   return sum == 0.0f;
 }
 
+// Transposes the 16 x 16 matrix whose rows are v[0..15] in registers: 4 butterfly stages,
+// stage j swapping bit j of the row (vector) index with bit j of the lane index; each output
+// vector is one two-source permute (vpermt2ps on AVX-512, where this is meant to run).
+static inline __attribute__((always_inline)) void Transpose16x16(V16* v) {
+  typedef int32_t I16 __attribute__((vector_size(64)));
+  static constexpr I16 kLo[4] = {
+      {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+      {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+      {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+      {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}};
+  static constexpr I16 kHi[4] = {
+      {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31},
+      {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+      {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+      {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}};
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) {
+      if (r & (1 << j)) continue;
+      const V16 x = v[r], y = v[r | (1 << j)];
+      v[r] = __builtin_shuffle(x, y, kLo[j]);
+      v[r | (1 << j)] = __builtin_shuffle(x, y, kHi[j]);
+    }
+  }
+}
+
 }  // namespace simd
 }  // namespace maskedmha
