@@ -374,6 +374,12 @@ static inline __attribute__((always_inline)) void BlockPV(const float* vp_bh, in
 constexpr float kExpC2 = 0.499992311f, kExpC3 = 0.166671142f, kExpC4 = 0.0418901145f,
                 kExpC5 = 0.00831252523f;
 
+// Range reduction shared by ExpV and OnlineSoftmaxAvx512: n = round(x * log2(e)), then
+// r = x - n * ln2 in two steps (ln2 = kLn2Hi + kLn2Lo, kLn2Hi exact in few bits), inputs below
+// kExpMin clamped (exp(-87) ~ 1e-38, the smallest normal float).
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f,
+                kExpMin = -87.0f;
+
 // exp(x) for x <= 0 (the argument is always score - running max), on a whole vector:
 // Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, the polynomial above, 2^n built from
 // the exponent bits.  Relative error ~2e-7.  x < -87 gives ~1e-38 (callers map -inf scores to
@@ -381,12 +387,12 @@ constexpr float kExpC2 = 0.499992311f, kExpC3 = 0.166671142f, kExpC4 = 0.0418901
 template <typename V>
 static inline __attribute__((always_inline)) V ExpV(V x) {
   typedef typename IntVec<V>::type VI;
-  const V lo = Splat<V>(-87.0f);
+  const V lo = Splat<V>(kExpMin);
   x = (x < lo) ? lo : x;  // NaN compares false and stays
   // n = round(x / ln2) with the 1.5 * 2^23 trick (exact in round-to-nearest, no -ffast-math).
   const V magic = Splat<V>(12582912.0f);
-  const V n = (x * 1.44269504088896341f + magic) - magic;
-  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  const V n = (x * kLog2e + magic) - magic;
+  const V r = (x - n * kLn2Hi) - n * kLn2Lo;
   V p = Splat<V>(kExpC5);
   p = p * r + kExpC4;
   p = p * r + kExpC3;
@@ -544,11 +550,11 @@ __attribute__((target("avx512f"), noinline)) bool OnlineSoftmaxAvx512(float* s, 
     for (int64_t c = 0; c < nw; c += 16) {
       const __m512 v = _mm512_loadu_ps(srow + c);
       // exp(x), x = v - mnew <= 0 (NaN stays NaN: vmaxps returns its second operand then).
-      const __m512 x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_sub_ps(v, mv));
-      const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+      const __m512 x = _mm512_max_ps(_mm512_set1_ps(kExpMin), _mm512_sub_ps(v, mv));
+      const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-      f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+      __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+      f = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), f);
       __m512 p = _mm512_set1_ps(kExpC5);
       p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpC4));
       p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpC3));
@@ -648,16 +654,9 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
       const int64_t nk = std::min(kKB, total - t0);
       const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
-      for (int64_t r = 0; r < nq; ++r) {
-        float* srow = sc.s.data() + r * kKB;
-        const float mx = BlockMax<V>(srow, nw);
-        const float mnew = mx > m[r] ? mx : m[r];
-        const float alpha = (mnew == m[r]) ? 1.0f : std::exp(m[r] - mnew);
-        const V sum = BlockExp<V>(srow, nw, mnew, 1.0f);  // overwrites the scores: pass 2 recomputes
-        float* lv = sc.lv.data() + r * W;
-        Store<V>(lv, Load<V>(lv) * alpha + sum);
-        m[r] = mnew;
-      }
+      // The same online step as without weights, but no accumulator yet (D = 0); the scores are
+      // overwritten, pass 2 recomputes them.
+      OnlineSoftmax<V>(sc.s.data(), nq, nw, 0, m, sc.lv.data(), nullptr);
     }
     for (int64_t r = 0; r < nq; ++r) l[r] = HSum(Load<V>(sc.lv.data() + r * W));
     // Probabilities of dropped (compacted-away) keys are exactly 0.
