@@ -263,9 +263,10 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
   if (bias) std::memcpy(bias_buf.data(), bias, w.n * sizeof(float));
   float* apack = apack_buf.data();
   const PackFn pack = kern.pack;
-  // A small A is packed on the calling thread: a pool dispatch (waking the other threads)
-  // costs more than the copy.
-  const size_t pack_tasks = m * k <= (size_t{1} << 15) ? 1 : std::min<size_t>(mp, 16);
+  // One task per few micro-panels.  (With a section per phase a small A was better packed on
+  // the calling thread, as waking the other threads cost more than the copy; inside the
+  // kernel's team (team.h) a phase costs well under a microsecond.)
+  const size_t pack_tasks = std::min<size_t>(mp, 16);
   par.For(pack_tasks, [&](size_t t) {
     for (size_t q = t * mp / pack_tasks; q < (t + 1) * mp / pack_tasks; ++q) {
       const float* rows[kMaxMR];

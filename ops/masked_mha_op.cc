@@ -14,11 +14,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <exception>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "aligned.h"
@@ -27,6 +31,7 @@
 #include "gemm.h"
 #include "parallel.h"
 #include "simd.h"
+#include "team.h"
 
 namespace maskedmha {
 
@@ -51,6 +56,50 @@ class OrtParallel final : public Parallel {
  private:
   const Ort::KernelContext& ctx_;
 };
+
+// Runs body(par) on the calling thread, its parallel phases shared with the pool's workers
+// through a TeamParallel inside a single KernelContext_ParallelFor (why: team.h).  Each of the
+// section's tasks checks its thread: the first one that runs on the calling thread leads (runs
+// body), tasks on other threads wait for the leader to be running, then help until it is done.
+// A worker never waits for the leader for long: if the calling thread ran none of the tasks
+// (the pool can hand all of them to workers), the workers leave after 1 ms and the body runs
+// afterwards with a section per phase (OrtParallel).  The calling thread leads, not whichever
+// thread comes first, because the per-call buffers are kept per calling thread (forward.cc).
+void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Parallel&)>& body) {
+  struct Region {
+    TeamParallel team;
+    std::thread::id caller = std::this_thread::get_id();
+    std::atomic<bool> led{false};
+    const std::function<void(const Parallel&)>* body = nullptr;
+    std::exception_ptr error;
+  } r;
+  r.body = &body;
+  // One task per pool thread is enough; the pool's size is not visible to a kernel, so ask for
+  // as many as the machine has cores (tasks beyond the pool's threads return at once).
+  const size_t tasks = std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 64);
+  ctx.ParallelFor(
+      [](void* user, size_t) {
+        Region& r = *static_cast<Region*>(user);
+        if (std::this_thread::get_id() == r.caller && !r.led.exchange(true)) {
+          try {
+            (*r.body)(r.team);
+          } catch (...) {
+            r.error = std::current_exception();
+          }
+          r.team.Finish();
+          return;
+        }
+        const auto start = std::chrono::steady_clock::now();
+        while (!r.led.load(std::memory_order_acquire)) {
+          if (std::chrono::steady_clock::now() - start > std::chrono::milliseconds(1)) return;
+          std::this_thread::yield();
+        }
+        r.team.Help();
+      },
+      tasks, 0, &r);
+  if (!r.led.load()) body(OrtParallel(ctx));
+  if (r.error) std::rethrow_exception(r.error);
+}
 
 // Attribute readers with defaults (absent attribute -> default; wrong type -> error).
 int64_t AttrInt(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_t dflt,
@@ -265,7 +314,10 @@ const PackedWeight& MaskedMHAKernel::Packed(int input, const float* w, size_t ro
 
 void MaskedMHAKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
-  OrtParallel par(ctx);
+  RunTeam(ctx, [&](const Parallel& par) { Run(ctx, par); });
+}
+
+void MaskedMHAKernel::Run(Ort::KernelContext& ctx, const Parallel& par) {
 
   // Describe the inputs (absent optional inputs have a null value).
   std::vector<TensorDesc> desc(kNumInputs);

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "gemm.h"
+#include "parallel.h"
 #include "validate.h"
 
 namespace maskedmha {
@@ -24,6 +25,8 @@ struct MaskedMHAKernel {
 
  private:
   void Compute(OrtKernelContext* context);
+  // The call itself, its parallel phases on `par`.
+  void Run(Ort::KernelContext& ctx, const Parallel& par);
   // Rows [row0, row0 + n) of weight input `input` (k columns) packed for Gemm.  Weights that are
   // constant initializers are packed once and kept (Compute may run concurrently, hence the
   // lock); others are packed into *scratch on every call.

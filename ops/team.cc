@@ -1,0 +1,110 @@
+// TeamParallel (see team.h).
+//
+// Memory order: the leader first closes the finished phase (state = next epoch, nothing
+// claimable), then publishes fn_ / n_ with release and opens the phase (item 0) with release.
+// A claimer loads the state with acquire, n_ with acquire and claims by compare-exchange on the
+// state.  A claim on an old phase cannot succeed once that phase is closed, and a claimer that
+// sees the new n_ also sees the closing store (it happened before), so a stale (epoch, item)
+// with a new, larger n_ fails its compare-exchange.  A successful claim belongs to a phase whose
+// items are not all finished, so the leader is still inside that phase's For and fn_ is its
+// function.  Each finished item is counted with release; the leader's acquire load of the count
+// makes the items' writes visible to what it does next.
+#include "team.h"
+
+#include <algorithm>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace maskedmha {
+
+namespace {
+
+// The state word: | epoch (16 bits) | claimed from the front (24) | claimed from the back (24) |.
+// The leader claims items 0, 1, 2, ... and the helpers n-1, n-2, ...: with two threads each
+// works through a contiguous range, as with ORT's own scheduling, so consecutive GEMM tasks
+// that share a block of weights run on the same core (measured: handing items out alternately
+// made 4x512 E768 3 % slower).
+constexpr int kItemBits = 24;
+constexpr uint64_t kItemMask = (uint64_t{1} << kItemBits) - 1;
+constexpr uint64_t kClosed = kItemMask;       // front count of a phase being replaced
+constexpr size_t kMaxItems = kItemMask - 1;   // items per phase (larger For: several phases)
+constexpr uint32_t kMaxEpoch = 0xFFFF;        // phases per call (beyond: run serially)
+
+uint64_t Pack(uint64_t epoch, uint64_t front, uint64_t back) {
+  return epoch << (2 * kItemBits) | front << kItemBits | back;
+}
+uint32_t EpochOf(uint64_t s) { return static_cast<uint32_t>(s >> (2 * kItemBits)); }
+
+// Spin-wait step: a pause instruction, and after ~0.1 ms of fruitless waiting also a yield, so
+// a helper whose leader is busy with serial work (e.g. packing the weights on the first call)
+// does not hold a core other threads need.
+void Pause(unsigned* spins) {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+  if (++*spins > 2000) std::this_thread::yield();
+}
+
+}  // namespace
+
+bool TeamParallel::RunOne(uint32_t epoch, bool from_back) const {
+  uint64_t s = state_.load(std::memory_order_acquire);
+  for (;;) {
+    if (EpochOf(s) != epoch) return false;
+    const uint64_t front = (s >> kItemBits) & kItemMask, back = s & kItemMask;
+    if (front == kClosed) return false;
+    const uint64_t n = n_.load(std::memory_order_acquire);
+    if (front + back >= n) return false;
+    const size_t item = static_cast<size_t>(from_back ? n - 1 - back : front);
+    const uint64_t next = from_back ? s + 1 : s + (uint64_t{1} << kItemBits);
+    if (state_.compare_exchange_weak(s, next, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+      (*fn_.load(std::memory_order_relaxed))(item);
+      finished_.fetch_add(1, std::memory_order_release);
+      return true;
+    }
+  }
+}
+
+void TeamParallel::For(size_t n, const std::function<void(size_t)>& fn) const {
+  if (n == 0) return;
+  if (n == 1 || epoch_ >= kMaxEpoch) {  // nothing to share (or a call of 65535 phases)
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  if (n > kMaxItems) {
+    for (size_t base = 0; base < n; base += kMaxItems) {
+      const std::function<void(size_t)> part = [&](size_t i) { fn(base + i); };
+      For(std::min(kMaxItems, n - base), part);
+    }
+    return;
+  }
+  ++epoch_;
+  state_.store(Pack(epoch_, kClosed, 0), std::memory_order_release);
+  finished_.store(0, std::memory_order_relaxed);
+  fn_.store(&fn, std::memory_order_release);
+  n_.store(n, std::memory_order_release);
+  state_.store(Pack(epoch_, 0, 0), std::memory_order_release);
+  while (RunOne(epoch_, false)) {
+  }
+  unsigned spins = 0;
+  while (finished_.load(std::memory_order_acquire) < n) Pause(&spins);
+}
+
+void TeamParallel::Help() const {
+  unsigned spins = 0;
+  for (;;) {
+    const uint32_t epoch = EpochOf(state_.load(std::memory_order_acquire));
+    if (epoch != 0 && RunOne(epoch, true)) {
+      spins = 0;
+      continue;
+    }
+    if (done_.load(std::memory_order_acquire)) return;
+    Pause(&spins);
+  }
+}
+
+}  // namespace maskedmha
