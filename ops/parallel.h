@@ -1,6 +1,7 @@
 // A minimal "run f(i) for i in [0, n)" interface, so the math (gemm.cc, attention.cc) does not
-// depend on ONNX Runtime.  The kernel implements it with KernelContext::ParallelFor, which runs
-// the tasks on the session's intra-op thread pool: the only pool we use (no OpenMP, no BLAS).
+// depend on ONNX Runtime.  The kernel implements it with a TeamParallel (team.h) inside one
+// KernelContext::ParallelFor per call, so the tasks run on the session's intra-op thread pool:
+// the only pool we use (no OpenMP, no BLAS).
 #pragma once
 
 #include <algorithm>

@@ -6,8 +6,9 @@
 # Tests (about 2 minutes on 2 cores): those that drive the op through hand-built ONNX graphs
 # (test_kernel.py, including its subprocess runs of the AVX2 and generic code paths;
 # test_bad_inputs.py; test_shape_inference.py without its exporter part; test_library.py), plus
-# every exported configuration run fused (test_configs.py) and sessions shared by threads
-# (test_concurrency.py).  Left out: the other exporter tests (torch.onnx export under ASan's
+# every exported configuration run fused (test_configs.py), sessions shared by threads
+# (test_concurrency.py) and the kernel's thread team (test_team.py; its stress program is built
+# with ThreadSanitizer instead).  Left out: the other exporter tests (torch.onnx export under ASan's
 # malloc is slow and runs none of our C++), test_fuzz.py (export per example) and
 # test_memory.py (RSS figures mean nothing under ASan).
 #
@@ -72,7 +73,7 @@ set +e
   "$PY" -m pytest -q -p no:cacheprovider --capture=sys \
     "$ROOT/tests/test_kernel.py" "$ROOT/tests/test_bad_inputs.py" \
     "$ROOT/tests/test_shape_inference.py" "$ROOT/tests/test_library.py" \
-    "$ROOT/tests/test_configs.py" "$ROOT/tests/test_concurrency.py" \
+    "$ROOT/tests/test_configs.py" "$ROOT/tests/test_concurrency.py" "$ROOT/tests/test_team.py" \
     -k "not exported" "$@" ) >"$LOG" 2>&1
 rc=$?
 set -e
