@@ -76,7 +76,8 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
   r.body = &body;
   // One task per pool thread is enough; the pool's size is not visible to a kernel, so ask for
   // as many as the machine has cores (tasks beyond the pool's threads return at once).
-  const size_t tasks = std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 64);
+  // (Asked once: hardware_concurrency reads /sys on every call.)
+  static const size_t tasks = std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 64);
   ctx.ParallelFor(
       [](void* user, size_t) {
         Region& r = *static_cast<Region*>(user);
