@@ -172,6 +172,16 @@ def dynamic_axes(case: Case) -> dict[str, dict[int, str]]:
     return axes
 
 
+def export_case(case: Case, path: str, dynamic: bool = True) -> str:
+    """Exports the case's module, traced at EXPORT_SHAPE, with maskedmha.export to `path` (with
+    the case's dynamic axes unless dynamic is False); returns path."""
+    import maskedmha
+    args = make_inputs(case, *EXPORT_SHAPE)
+    maskedmha.export(build_module(case), tuple(args.values()), path, input_names=input_names(case, args),
+                     output_names=output_names(case), dynamic_axes=dynamic_axes(case) if dynamic else None)
+    return path
+
+
 def reference(module: nn.Module, args: dict) -> list[np.ndarray]:
     """PyTorch's own answer, from F.multi_head_attention_forward: the fast path
     (aten::_native_multi_head_attention) is switched off so the reference is the documented code."""

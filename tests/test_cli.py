@@ -5,8 +5,7 @@ import re
 import subprocess
 import sys
 
-import maskedmha
-from mha_cases import CASES, EXPORT_SHAPE, build_module, dynamic_axes, input_names, make_inputs, output_names
+from mha_cases import CASES, export_case
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -16,10 +15,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_compare_prints_table(tmp_path):
     case = CASES[0]
-    args = make_inputs(case, *EXPORT_SHAPE)
-    path = str(tmp_path / "m.onnx")
-    maskedmha.export(build_module(case), tuple(args.values()), path, input_names=input_names(case, args),
-                     output_names=output_names(case), dynamic_axes=dynamic_axes(case))
+    path = export_case(case, str(tmp_path / "m.onnx"))
     res = _cli("compare", path, "--runs", "3", "--dim", "batch=3", "--dim", "tgt=6")
     assert res.returncode == 0, res.stderr
     out = res.stdout

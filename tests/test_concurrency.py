@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from mha_cases import CASES, EXPORT_SHAPE, build_module, dynamic_axes, feeds, input_names, make_inputs, output_names
+from mha_cases import CASES, export_case, feeds, make_inputs
 
 CASE = next(c for c in CASES if c.name == "kpm_bool_am_float2")
 SHAPES = [(1, 3, 3), (2, 5, 5), (3, 9, 9), (4, 17, 17), (2, 33, 33), (5, 2, 2), (1, 40, 40), (3, 12, 12)]
@@ -16,11 +16,7 @@ SHAPES = [(1, 3, 3), (2, 5, 5), (3, 9, 9), (4, 17, 17), (2, 33, 33), (5, 2, 2), 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("conc") / "m.onnx")
-    args = make_inputs(CASE, *EXPORT_SHAPE)
-    maskedmha.export(build_module(CASE), tuple(args.values()), path, input_names=input_names(CASE, args),
-                     output_names=output_names(CASE), dynamic_axes=dynamic_axes(CASE))
-    return path
+    return export_case(CASE, str(tmp_path_factory.mktemp("conc") / "m.onnx"))
 
 
 def _feeds(i: int) -> dict[str, np.ndarray]:

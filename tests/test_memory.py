@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import maskedmha
-from mha_cases import CASES, EXPORT_SHAPE, build_module, dynamic_axes, feeds, input_names, make_inputs, output_names
+from mha_cases import CASES, export_case, feeds, make_inputs
 
 RUNS = int(os.environ.get("MASKEDMHA_MEMORY_RUNS", "10000"))
 BOUND_MB = 8.0
@@ -17,10 +17,7 @@ def _rss_mb() -> float:
 
 def test_no_rss_growth_over_many_runs(tmp_path):
     case = next(c for c in CASES if c.name == "bias_kv_zero_attn_weights")
-    args = make_inputs(case, *EXPORT_SHAPE)
-    path = str(tmp_path / "m.onnx")
-    maskedmha.export(build_module(case), tuple(args.values()), path, input_names=input_names(case, args),
-                     output_names=output_names(case), dynamic_axes=dynamic_axes(case))
+    path = export_case(case, str(tmp_path / "m.onnx"))
     session = maskedmha.InferenceSession(path)
     # Alternate two shapes so shape-dependent scratch sizes are exercised as well.
     f1 = feeds(make_inputs(case, 3, 9, 9, seed=1))

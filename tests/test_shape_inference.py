@@ -129,14 +129,9 @@ def _dims(vi):
     ("bias_kv_zero_attn_weights", False), ("bias_kv_zero_attn_weights", True),
     ("weights_avg", True), ("weights_per_head", False), ("cross_kdim_vdim", True)])
 def test_exported_models_infer_output_shapes(tmp_path, name, dynamic):
-    from mha_cases import CASES, EXPORT_SHAPE, build_module, dynamic_axes, input_names, \
-        make_inputs, output_names
+    from mha_cases import CASES, EXPORT_SHAPE, export_case
     case = next(c for c in CASES if c.name == name)
-    args = make_inputs(case, *EXPORT_SHAPE)
-    path = str(tmp_path / "m.onnx")
-    maskedmha.export(build_module(case), tuple(args.values()), path,
-                     input_names=input_names(case, args), output_names=output_names(case),
-                     dynamic_axes=dynamic_axes(case) if dynamic else None)
+    path = export_case(case, str(tmp_path / "m.onnx"), dynamic=dynamic)
     model = onnx.shape_inference.infer_shapes(onnx.load(path), strict_mode=True)
     outs = {vi.name: vi for vi in model.graph.output}
     batch, tgt, src = EXPORT_SHAPE

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from mha_cases import CASES, EXPORT_SHAPE, build_module, dynamic_axes, feeds, input_names, make_inputs, output_names
+from mha_cases import CASES, export_case, feeds, make_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,11 +47,7 @@ CASE = next(c for c in CASES if c.name == "kpm_bool_am_float2")
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("team") / "m.onnx")
-    args = make_inputs(CASE, *EXPORT_SHAPE)
-    maskedmha.export(build_module(CASE), tuple(args.values()), path, input_names=input_names(CASE, args),
-                     output_names=output_names(CASE), dynamic_axes=dynamic_axes(CASE))
-    return path
+    return export_case(CASE, str(tmp_path_factory.mktemp("team") / "m.onnx"))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4, 7])
