@@ -68,3 +68,49 @@ def _opts(threads: int, spinning: str) -> ort.SessionOptions:
     o.intra_op_num_threads = threads
     o.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     return o
+
+
+def _two_node_model(E: int, heads: tuple[int, int]) -> bytes:
+    """Two MaskedMHA nodes on the same inputs (different head counts), independent of each other,
+    so ORT's parallel executor can run them at once on its inter-op threads."""
+    from onnx import TensorProto, helper
+    ins = ["query", "key", "value", "in_proj_weight", "", "", "in_proj_bias", "out_proj_weight",
+           "out_proj_bias", "", "", "key_padding_mask"]
+    nodes = [helper.make_node("MaskedMHA", ins, [f"out{i}"], domain=maskedmha.DOMAIN, num_heads=h)
+             for i, h in enumerate(heads)]
+    shapes = {"query": ["B", "L", E], "key": ["B", "S", E], "value": ["B", "S", E],
+              "in_proj_weight": [3 * E, E], "in_proj_bias": [3 * E], "out_proj_weight": [E, E],
+              "out_proj_bias": [E]}
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, d) for n, d in shapes.items()]
+    graph_inputs.append(helper.make_tensor_value_info("key_padding_mask", TensorProto.BOOL, ["B", "S"]))
+    outs = [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, None) for i in range(2)]
+    model = helper.make_model(helper.make_graph(nodes, "two", graph_inputs, outs),
+                              opset_imports=[helper.make_opsetid("", 18),
+                                             helper.make_opsetid(maskedmha.DOMAIN, 1)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def test_nodes_run_concurrently_by_the_parallel_executor():
+    """Two kernel calls at once on one session, each leading its own team over the shared
+    intra-op pool (ORT_PARALLEL runs independent nodes on inter-op threads): the same results as
+    sequential execution."""
+    E, B, L, S = 64, 3, 40, 50
+    rng = np.random.default_rng(5)
+    f = {"query": rng.standard_normal((B, L, E), np.float32), "key": rng.standard_normal((B, S, E), np.float32),
+         "in_proj_weight": rng.standard_normal((3 * E, E), np.float32) / 8,
+         "in_proj_bias": rng.standard_normal(3 * E, np.float32) / 10,
+         "out_proj_weight": rng.standard_normal((E, E), np.float32) / 8,
+         "out_proj_bias": rng.standard_normal(E, np.float32) / 10,
+         "key_padding_mask": rng.random((B, S)) < 0.3}
+    f["value"] = rng.standard_normal((B, S, E), np.float32)
+    model = _two_node_model(E, (4, 8))
+    seq = maskedmha.InferenceSession(model, sess_options=_opts(2, "0"))
+    par_opts = _opts(2, "0")
+    par_opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    par_opts.inter_op_num_threads = 2
+    par = maskedmha.InferenceSession(model, sess_options=par_opts)
+    want = seq.run(None, f)
+    for _ in range(20):
+        for a, b in zip(par.run(None, f), want):
+            np.testing.assert_array_equal(a, b)
