@@ -21,6 +21,31 @@ import traceback
 if "--spin" not in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# --isa lowers the instruction set of the fused kernel (MASKEDMHA_ISA) and of PyTorch (MKL and
+# ATen's own kernels) to what a CPU without AVX-512 has, so the portable paths can be measured on
+# this machine.  ORT's MLAS has no such switch: its alternatives keep the CPU's best ISA, hence
+# --isa times fused and torch only unless --alternatives says otherwise.  Read before torch is
+# imported (both libraries read their variable once).
+ISA_ENV = {
+    "avx512": {},
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
+}
+
+
+def _argv_value(flag: str):
+    for i, a in enumerate(sys.argv):
+        if a == flag and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+if _argv_value("--isa") in ISA_ENV:
+    os.environ["MASKEDMHA_ISA"] = _argv_value("--isa")
+    os.environ.update(ISA_ENV[_argv_value("--isa")])
+
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory children")
     ap.add_argument("--spin", action="store_true", help="let ORT's intra-op threads spin between runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--isa", choices=sorted(ISA_ENV),
+                    help="run the fused kernel and torch with at most this instruction set (ORT's ops "
+                         "cannot be lowered: they are left out unless --alternatives names them)")
     args = ap.parse_args(argv)
+    if args.isa and os.environ.get("MASKEDMHA_ISA") != args.isa:
+        ap.error("--isa must be given on the command line (it is read before torch is imported)")
+    if args.isa and _argv_value("--alternatives") is None:
+        args.alternatives = "fused,torch"
     args.alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip()]
     unknown = set(args.alternatives) - set(A.ALTERNATIVES)
     if unknown:
@@ -146,13 +178,14 @@ def main(argv=None) -> int:
         "spin": args.spin, "budget_s": args.budget, "library": library,
         "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-        "sgemm_peak_gflops": peak, "rel_tol": A.REL_TOL,
+        "sgemm_peak_gflops": peak, "rel_tol": A.REL_TOL, "isa": args.isa,
         "ops_commit": subprocess.run(["git", "log", "-1", "--format=%h", "--", "ops"], cwd=HERE,
                                      capture_output=True, text=True).stdout.strip() or "?",
         "library_mtime": (datetime.datetime.fromtimestamp(os.path.getmtime(library), datetime.timezone.utc)
                           .strftime("%Y-%m-%d %H:%M UTC") if library else None),
     }
-    print(f"{len(points)} points, {args.threads} threads, sgemm peak {peak:.0f} GFLOP/s\n")
+    isa_note = f", fused and torch limited to {args.isa}" if args.isa else ""
+    print(f"{len(points)} points, {args.threads} threads, sgemm peak {peak:.0f} GFLOP/s{isa_note}\n")
     print(report.progress_header(args.alternatives), flush=True)
     results, points_done = [], []
     for p in points:
@@ -186,7 +219,8 @@ def main(argv=None) -> int:
     report.write_all(args.out, meta, results)
     print(f"\nwrote {args.out}/latest.json, latest.md, latest.png")
     default_out = os.path.realpath(args.out) == os.path.realpath(os.path.join(HERE, "results"))
-    if args.grid == "quick" and default_out and not args.filter and args.alternatives == A.ALTERNATIVES:
+    if (args.grid == "quick" and default_out and not args.filter and not args.isa
+            and args.alternatives == A.ALTERNATIVES):
         if report.update_readme(os.path.join(HERE, "README.md"), meta, results, "results/latest.png"):
             print("updated the results section of benchmarks/README.md")
     return 0

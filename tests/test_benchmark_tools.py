@@ -75,3 +75,24 @@ def test_microbenchmarks_build_and_compute_correct_results(tmp_path):
                  ("1", "33", "3", "1", "2", "0.5", "0")]:
         r = run(exe["attention_bench"], *args)
         assert r["max_rel_err"] < 1e-5, r
+
+
+def test_run_with_a_lower_isa_checks_fused_and_torch_against_pytorch(tmp_path):
+    """``run.py --isa avx2`` (the path of CPUs without AVX-512): the kernel and torch run with the
+    lowered instruction set, only they are timed by default (ORT's MLAS cannot be lowered), every
+    result is checked against PyTorch before timing, and the run says which ISA it used."""
+    import json
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "MASKEDMHA_ISA"}
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "run.py"), "--grid", "tiny",
+                        "--isa", "avx2", "--no-memory", "--budget", "0.02", "--min-reps", "2",
+                        "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "latest.json") as f:
+        data = json.load(f)
+    assert data["meta"]["isa"] == "avx2" and data["meta"]["alternatives"] == ["fused", "torch"]
+    assert data["results"], "no point was benchmarked"
+    for res in data["results"]:
+        assert {a: x["status"] for a, x in res["alts"].items()} == {"fused": "ok", "torch": "ok"}, res
+    assert "limited to avx2" in (tmp_path / "latest.md").read_text()
