@@ -11,8 +11,15 @@ and arena) and for the buffers of a run, including the output.  A fresh process 
 is not available, ru_maxrss (the peak since process start) is used instead, which can only
 over-estimate by the import-time peak.
 
-Run as a script by benchmarks/run.py:  python memory.py DIR ALT THREADS RUNS [LIBRARY]
-DIR holds feeds.npz, and ALT.onnx or weights.npz + point.json."""
+The peak is also split at the end of creation (``create_peak_mb``: during session or module
+creation; ``after_create_mb``: resident when it is created; ``run_peak_mb``: during the runs),
+which shows whether the weights' copies or the run's buffers make the peak (docs/memory.md).
+With ``--external`` the session is created from ALT_ext.onnx, whose initializers are external
+data that ORT memory-maps, instead of from the model's bytes (benchmarks/memory_phases.py).
+
+Run as a script by benchmarks/run.py:  python memory.py DIR ALT THREADS RUNS [LIBRARY] [--external]
+DIR holds feeds.npz, and ALT.onnx (ALT_ext.onnx + its data) or weights.npz + point.json
+(write_point_dir writes them)."""
 from __future__ import annotations
 
 import json
@@ -54,7 +61,25 @@ def _ort_warmup(ort, threads: int) -> None:
     s.run(None, {"a": np.ones((4, 4), np.float32)})
 
 
-def child(d: str, alt: str, threads: int, runs: int, library: str | None) -> dict:
+def write_point_dir(d: str, p, w, feeds: dict, models: dict, external: bool = False) -> None:
+    """Everything a child needs for point p: the inputs, the weights (for torch), and each
+    alternative's model (also as ALT_ext.onnx + ALT.data, initializers as external data)."""
+    import numpy as np
+    import onnx
+    np.savez(os.path.join(d, "feeds.npz"), **feeds)
+    np.savez(os.path.join(d, "weights.npz"), w_in=w.w_in, b_in=w.b_in, w_out=w.w_out, b_out=w.b_out)
+    with open(os.path.join(d, "point.json"), "w") as f:
+        json.dump({k: getattr(p, k) for k in ("B", "L", "E", "H", "cross", "pad", "mask")}, f)
+    for name, m in models.items():
+        onnx.save(m, os.path.join(d, f"{name}.onnx"))
+        if external:
+            # size_threshold 1024: the weights go to the data file, small constants stay inline.
+            onnx.save(m, os.path.join(d, f"{name}_ext.onnx"), save_as_external_data=True,
+                      all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)
+
+
+def child(d: str, alt: str, threads: int, runs: int, library: str | None,
+          external: bool = False) -> dict:
     import numpy as np
     feeds = {k: v for k, v in np.load(os.path.join(d, "feeds.npz")).items()}
     if alt == "torch":
@@ -73,8 +98,11 @@ def child(d: str, alt: str, threads: int, runs: int, library: str | None) -> dic
         TorchRunner(tiny, graphs.make_weights(8), graphs.make_inputs(tiny))()
     else:
         import onnxruntime as ort
-        with open(os.path.join(d, f"{alt}.onnx"), "rb") as f:
-            model = f.read()
+        if external:
+            model = os.path.join(d, f"{alt}_ext.onnx")  # ORT maps the data file next to it
+        else:
+            with open(os.path.join(d, f"{alt}.onnx"), "rb") as f:
+                model = f.read()
 
         def make():
             opts = ort.SessionOptions()
@@ -91,19 +119,31 @@ def child(d: str, alt: str, threads: int, runs: int, library: str | None) -> dic
     base = _status_kb("VmRSS")
     exact = _reset_peak()
     run = make()
+    if exact:
+        after_create = _status_kb("VmRSS")
+        create_peak = _status_kb("VmHWM")  # read second: the high-water mark covers the RSS read
+        _reset_peak()
     for _ in range(runs):
         out = run()
     del out
-    peak = _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_mb": (peak - base) / 1024, "baseline_mb": base / 1024, "exact": exact}
+    if not exact:  # only the peak since process start is known
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"peak_mb": (peak - base) / 1024, "baseline_mb": base / 1024, "exact": False}
+    run_peak = _status_kb("VmHWM")
+    mb = lambda kb: (kb - base) / 1024  # noqa: E731
+    return {"peak_mb": mb(max(create_peak, run_peak)), "create_peak_mb": mb(create_peak),
+            "after_create_mb": mb(after_create), "run_peak_mb": mb(run_peak),
+            "baseline_mb": base / 1024, "exact": True}
 
 
 def measure(d: str, alt: str, threads: int, runs: int = 3, library: str | None = None,
-            timeout: float = 600) -> dict:
+            timeout: float = 600, external: bool = False) -> dict:
     """Run the child and return its report (or {"error": ...})."""
     cmd = [sys.executable, os.path.abspath(__file__), d, alt, str(threads), str(runs)]
     if library:
         cmd.append(library)
+    if external:
+        cmd.append("--external")
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -114,5 +154,7 @@ def measure(d: str, alt: str, threads: int, runs: int = 3, library: str | None =
 
 
 if __name__ == "__main__":
-    d, alt, threads, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(child(d, alt, threads, runs, sys.argv[5] if len(sys.argv) > 5 else None)))
+    argv = [a for a in sys.argv[1:] if a != "--external"]
+    d, alt, threads, runs = argv[0], argv[1], int(argv[2]), int(argv[3])
+    print(json.dumps(child(d, alt, threads, runs, argv[4] if len(argv) > 4 else None,
+                           external="--external" in sys.argv[1:])))

@@ -98,12 +98,7 @@ def prepare(p: Point, alts, w, feeds, threads, spin):
 
 def measure_memory(p, w, feeds, models, res, threads, library):
     with tempfile.TemporaryDirectory(prefix="mha_mem_") as d:
-        np.savez(os.path.join(d, "feeds.npz"), **feeds)
-        np.savez(os.path.join(d, "weights.npz"), w_in=w.w_in, b_in=w.b_in, w_out=w.w_out, b_out=w.b_out)
-        with open(os.path.join(d, "point.json"), "w") as f:
-            f.write(__import__("json").dumps({k: getattr(p, k) for k in ("B", "L", "E", "H", "cross", "pad", "mask")}))
-        for name, m in models.items():
-            onnx.save(m, os.path.join(d, f"{name}.onnx"))
+        memory.write_point_dir(d, p, w, feeds, models)
         for name, r in res.items():
             if r["status"] != "ok":
                 continue
@@ -112,6 +107,9 @@ def measure_memory(p, w, feeds, models, res, threads, library):
                 r["peak_mb_error"] = m["error"]
             else:
                 r["peak_mb"] = m["peak_mb"]
+                for k in ("create_peak_mb", "after_create_mb", "run_peak_mb"):  # see memory.py
+                    if k in m:
+                        r[k] = m[k]
 
 
 def bench_point(p: Point, args, peak: float, library) -> dict:

@@ -96,3 +96,25 @@ def test_run_with_a_lower_isa_checks_fused_and_torch_against_pytorch(tmp_path):
     for res in data["results"]:
         assert {a: x["status"] for a, x in res["alts"].items()} == {"fused": "ok", "torch": "ok"}, res
     assert "limited to avx2" in (tmp_path / "latest.md").read_text()
+
+
+def test_memory_child_splits_the_peak_at_session_creation(tmp_path):
+    """benchmarks/memory.py: a fresh child per measurement reports the creation peak, what stays
+    resident, the run peak and their maximum as the overall peak, for a session created from the
+    model's bytes and from a file with external data (the weights then live in ALT.data)."""
+    import alternatives as A
+    import graphs
+    import memory
+    p = Point(2, 16, 64, 4, pad=0.25)
+    w = graphs.make_weights(p.E, seed=0)
+    feeds = graphs.make_inputs(p, seed=1)
+    memory.write_point_dir(str(tmp_path), p, w, feeds, {"fused": A.model_for("fused", p, w)},
+                           external=True)
+    assert (tmp_path / "fused.data").stat().st_size >= 4 * p.E * p.E * 4  # the weights moved out
+    for external in (False, True):
+        m = memory.measure(str(tmp_path), "fused", 2, runs=2, library=A.library_path(),
+                           external=external)
+        assert "error" not in m, m
+        if m["exact"]:
+            assert m["peak_mb"] == max(m["create_peak_mb"], m["run_peak_mb"])
+            assert m["after_create_mb"] <= m["create_peak_mb"] + 1e-9
