@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -114,3 +115,49 @@ def test_nodes_run_concurrently_by_the_parallel_executor():
     for _ in range(20):
         for a, b in zip(par.run(None, f), want):
             np.testing.assert_array_equal(a, b)
+
+
+_GLOBAL_POOL_SCRIPT = r"""
+import concurrent.futures as cf, sys
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as C
+# One intra-op pool for the whole process, shared by every session that opts out of its own
+# (as servers configure ORT); must be set before ORT's environment exists.
+C.set_global_thread_pool_sizes(int(sys.argv[2]), 1)
+import maskedmha
+model, feeds_file = sys.argv[1], sys.argv[3]
+data = np.load(feeds_file, allow_pickle=True)
+jobs, want = [dict(d) for d in data["jobs"]], list(data["want"])
+def session():
+    o = ort.SessionOptions()
+    o.use_per_session_threads = False
+    return maskedmha.InferenceSession(model, sess_options=o)
+shared = [session() for _ in range(3)]
+with cf.ThreadPoolExecutor(max_workers=6) as ex:
+    got = list(ex.map(lambda i: shared[i % 3].run(None, jobs[i])[0], range(len(jobs))))
+for i, (a, b) in enumerate(zip(got, want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"job {i}")
+print("ok", len(jobs))
+"""
+
+
+@pytest.mark.parametrize("pool_threads", [2, 4])
+def test_sessions_sharing_the_global_thread_pool(model_path, tmp_path, pool_threads):
+    """Three sessions on ORT's process-wide intra-op pool (use_per_session_threads off), run from
+    six threads at once: every call leads its own team over the one shared pool (workers may join
+    any call), and the answers equal a single-threaded session's (computed here: a process with
+    the global pool allows no session of its own threads)."""
+    jobs = [feeds(make_inputs(CASE, *shape, seed=i)) for i, shape in
+            enumerate([(1, 3, 3), (4, 70, 70), (2, 130, 130), (3, 17, 17)] * 6)]
+    ref = maskedmha.InferenceSession(model_path, sess_options=_opts(1, "0"))
+    want = np.empty(len(jobs), dtype=object)
+    want[:] = [ref.run(None, f)[0] for f in jobs]
+    arr = np.empty(len(jobs), dtype=object)
+    arr[:] = jobs
+    feeds_file = str(tmp_path / "jobs.npz")
+    np.savez(feeds_file, jobs=arr, want=want)
+    res = subprocess.run([sys.executable, "-c", _GLOBAL_POOL_SCRIPT, model_path, str(pool_threads),
+                          feeds_file], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert res.stdout.strip().endswith(f"ok {len(jobs)}")
