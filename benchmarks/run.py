@@ -27,7 +27,6 @@ if "--spin" not in sys.argv:
 # --isa times fused and torch only unless --alternatives says otherwise.  Read before torch is
 # imported (both libraries read their variable once).
 ISA_ENV = {
-    "avx512": {},
     "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
     "generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
 }
@@ -138,8 +137,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads and torch threads (default 2)")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="quick")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for latest.{json,md,png}")
-    ap.add_argument("--alternatives", default=",".join(A.ALTERNATIVES),
-                    help="comma-separated subset of " + ",".join(A.ALTERNATIVES))
+    ap.add_argument("--alternatives", default=None,
+                    help="comma-separated subset of " + ",".join(A.ALTERNATIVES) + " (default: all; "
+                         "fused,torch with --isa)")
     ap.add_argument("--filter", default="", help="only points whose label contains this text")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per point (default 4)")
     ap.add_argument("--min-reps", type=int, default=7, help="at least this many runs per alternative")
@@ -152,8 +152,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.isa and os.environ.get("MASKEDMHA_ISA") != args.isa:
         ap.error("--isa must be given on the command line (it is read before torch is imported)")
-    if args.isa and _argv_value("--alternatives") is None:
-        args.alternatives = "fused,torch"
+    if args.alternatives is None:
+        args.alternatives = "fused,torch" if args.isa else ",".join(A.ALTERNATIVES)
     args.alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip()]
     unknown = set(args.alternatives) - set(A.ALTERNATIVES)
     if unknown:
