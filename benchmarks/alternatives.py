@@ -13,6 +13,16 @@ ALTERNATIVES = ["fused", "decomposed", "ort_attention", "ort_mha", "onnx_attenti
 REL_TOL = 1e-4      # max |alt - reference| / max |reference|
 
 
+def parse_names(text: str) -> list[str]:
+    """A comma-separated list of alternatives (a command-line flag) as names; ValueError naming
+    the unknown ones."""
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = set(names) - set(ALTERNATIVES)
+    if unknown:
+        raise ValueError(f"unknown alternatives: {sorted(unknown)}")
+    return names
+
+
 def session_options(threads: int, spin: bool, library: str | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

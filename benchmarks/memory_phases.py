@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     ap.add_argument("--alternatives", default="fused,ort_attention,torch")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    alts = [a.strip() for a in args.alternatives.split(",") if a.strip()]
-    unknown = set(alts) - set(A.ALTERNATIVES)
-    if unknown:
-        ap.error(f"unknown alternatives: {sorted(unknown)}")
+    try:
+        alts = A.parse_names(args.alternatives)
+    except ValueError as exc:
+        ap.error(str(exc))
     library = A.library_path() if "fused" in alts else None
     print("| point | alternative | creation peak MB | after creation MB | run peak MB | overall peak MB |")
     print("|---|---|---:|---:|---:|---:|")

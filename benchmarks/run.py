@@ -154,10 +154,10 @@ def main(argv=None) -> int:
         ap.error("--isa must be given on the command line (it is read before torch is imported)")
     if args.alternatives is None:
         args.alternatives = "fused,torch" if args.isa else ",".join(A.ALTERNATIVES)
-    args.alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip()]
-    unknown = set(args.alternatives) - set(A.ALTERNATIVES)
-    if unknown:
-        ap.error(f"unknown alternatives: {sorted(unknown)}")
+    try:
+        args.alternatives = A.parse_names(args.alternatives)
+    except ValueError as exc:
+        ap.error(str(exc))
     os.makedirs(args.out, exist_ok=True)
     points = [p for p in GRIDS[args.grid]() if args.filter in p.label]
 
