@@ -16,6 +16,43 @@ from maskedmha.symbolic.patching import patched
 EXPORTERS = ("dynamo", "torchscript")
 
 
+def _storage_key(t: torch.Tensor):
+    """What two tensors sharing memory have in common: device and storage address.  Tensors
+    without memory (empty storage, whose address may be 0 for all of them) count as their own."""
+    storage = t.untyped_storage()
+    if storage.nbytes() == 0:
+        return ("empty", id(t))
+    return (t.device, storage.data_ptr())
+
+
+def _unalias(model, args, kwargs):
+    """Copies of the example inputs such that no two of them (nor an input and a parameter or
+    buffer of ``model``) share memory.
+
+    torch.export de-duplicates an example tensor passed twice: ``(x, mem, mem)`` for
+    ``forward(q, k, v)`` gives a graph where ONE input (named ``v``) feeds both key and value,
+    and the file is silently wrong whenever k and v differ.  Each graph input must stand for
+    its own tensor, so every input after the first that shares storage with an earlier one
+    (same object, a view of it, a slice of the same buffer) is cloned; the first keeps its
+    memory.  The caller's tensors are not touched.  Both exporters get the copies (the
+    TorchScript tracer handles aliasing, but one rule for both keeps them giving the same file).
+    """
+    from torch.utils import _pytree as pytree
+
+    seen = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    out = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            key = _storage_key(x)
+            if key in seen:
+                x = x.detach().clone().requires_grad_(x.requires_grad)
+                key = _storage_key(x)
+            seen.add(key)
+        out.append(x)
+    return pytree.tree_unflatten(out, spec)
+
+
 def _flat_inputs(args, kwargs):
     """(position label, value) of every top-level argument, positional then keyword."""
     items = [(i, a) for i, a in enumerate(args)]
@@ -158,6 +195,7 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
     if not isinstance(args, tuple):
         args = (args,)
     kwargs = dict(kwargs or {})
+    args, kwargs = _unalias(model, args, kwargs)
     names, tensors = _resolve_input_names(model, args, kwargs, input_names)
     output_names = list(output_names) if output_names is not None else None
     if dynamic_axes:
