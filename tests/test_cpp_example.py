@@ -112,3 +112,25 @@ def test_cpp_example_reports_errors(example_binary, tmp_path):
     res = subprocess.run(args, capture_output=True, text=True)
     assert res.returncode == 1
     assert "'key_padding_mask'" in res.stderr, res.stderr
+
+
+def test_readme_commands_work_as_written(tmp_path):
+    """examples/cpp/README.md's command block, run as written from the repository root (its
+    build/example folder moved into tmp_path, its .venv being this interpreter's venv): the
+    program's output equals PyTorch's, as the README says."""
+    if _cxx() is None:
+        pytest.skip("no C++ compiler")
+    text = open(os.path.join(EXAMPLE, "README.md")).read()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert block.startswith("source .venv/bin/activate\n")
+    work = str(tmp_path / "example")
+    script = block.replace("source .venv/bin/activate", f"source {sys.prefix}/bin/activate") \
+                  .replace("build/example", work)
+    # .venv/bin/activate exists only in a real venv; a test run from another one uses its own.
+    assert os.path.isfile(f"{sys.prefix}/bin/activate"), "the test suite must run inside a venv"
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    outs = _parse(res.stdout.split("expected_output.npy\n", 1)[1])
+    expected = np.load(os.path.join(work, "expected_output.npy"))
+    np.testing.assert_allclose(outs["output"], expected, rtol=2e-5, atol=2e-5)
