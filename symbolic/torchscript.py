@@ -1,10 +1,25 @@
 """TorchScript (``dynamo=False``) route: a ``torch.autograd.Function`` whose forward computes the
-op in torch and whose ``symbolic`` emits one ``com.maskedmha::MaskedMHA`` node."""
+op in torch and whose ``symbolic`` emits one ``com.maskedmha::MaskedMHA`` node.
+
+The trace knows every input's element type and rank; the exported file need not (the legacy
+exporter writes value_info only for custom-domain outputs, and ONNX shape inference loses the
+rank through e.g. ``Expand(x, ConstantOfShape(...))``, as in Mask2Former's decoder).  ``attach``
+needs the masks' types and ranks to pick the fallback, so the symbolic records them on the node
+(attribute ``TRACED_TYPES``) and ``record_traced_types`` turns that record into value_info after
+export and removes the attribute."""
 from __future__ import annotations
 
+import onnx
 import torch
+from onnx import TensorProto, helper
 
-from .mha_call import OpCall, reference
+from .mha_call import INPUT_NAMES, OpCall, reference
+
+DOMAIN, OP_TYPE = "com.maskedmha", "MaskedMHA"
+# Temporary node attribute: "elem:rank" per op input ("" for absent ones), ";"-separated.
+TRACED_TYPES = "maskedmha_traced_types"
+_ELEM = {torch.float32: TensorProto.FLOAT, torch.bool: TensorProto.BOOL,
+         torch.float16: TensorProto.FLOAT16, torch.float64: TensorProto.DOUBLE}
 
 
 def _absent(g):
@@ -14,12 +29,17 @@ def _absent(g):
     return node
 
 
+def _traced_types(inputs) -> str:
+    """The record for real (traced) tensors: taken in forward-time Python, not from the graph."""
+    return ";".join("" if x is None else f"{_ELEM.get(x.dtype, 0)}:{x.dim()}" for x in inputs)
+
+
 class MaskedMHAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                 in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask,
                 attn_mask, num_heads, is_causal, add_zero_attn, fully_masked_row,
-                average_attn_weights, need_weights):
+                average_attn_weights, need_weights, traced_types):
         out, w = reference(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                            in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
                            key_padding_mask, attn_mask, num_heads, is_causal, add_zero_attn,
@@ -30,16 +50,17 @@ class MaskedMHAFunction(torch.autograd.Function):
     def symbolic(g, query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                  in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask,
                  attn_mask, num_heads, is_causal, add_zero_attn, fully_masked_row,
-                 average_attn_weights, need_weights):
+                 average_attn_weights, need_weights, traced_types):
         inputs = [query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
                   out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask]
         inputs = [_absent(g) if (x is None or (hasattr(x, "node") and
                                                x.node().mustBeNone())) else x for x in inputs]
+        attrs = {TRACED_TYPES + "_s": str(traced_types)}
         res = g.op("com.maskedmha::MaskedMHA", *inputs, num_heads_i=int(num_heads),
                    is_causal_i=int(is_causal), add_zero_attn_i=int(add_zero_attn),
                    fully_masked_row_s=str(fully_masked_row),
                    average_attn_weights_i=int(average_attn_weights),
-                   outputs=2 if need_weights else 1)
+                   outputs=2 if need_weights else 1, **attrs)
         if need_weights:
             res[0].setType(query.type())
             return res
@@ -49,7 +70,57 @@ class MaskedMHAFunction(torch.autograd.Function):
 
 def call(op: OpCall):
     res = MaskedMHAFunction.apply(*op.inputs, op.num_heads, op.is_causal, op.add_zero_attn,
-                                  op.fully_masked_row, op.average_attn_weights, op.need_weights)
+                                  op.fully_masked_row, op.average_attn_weights, op.need_weights,
+                                  _traced_types(op.inputs))
     if op.need_weights:
         return op.finish(res[0], res[1])
     return op.finish(res, None)
+
+
+def record_traced_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In place: move each MaskedMHA node's trace-time record into the graph's value_info.
+
+    For an input whose value has no recorded rank (not a graph input, initializer or output,
+    not a Constant, no value_info with a shape), add a value_info with the traced element type
+    and rank (dims unknown: only the rank is certain for all shapes).  Known types are left as
+    they are.  The attribute is removed from every node, whatever happens to the record."""
+    g = model.graph
+    known = {vi.name: vi for vi in list(g.input) + list(g.output)}
+    known.update({i.name: None for i in g.initializer})
+    for n in g.node:
+        if n.op_type == "Constant":
+            known.update({o: None for o in n.output})
+    value_info = {vi.name: vi for vi in g.value_info}
+    for node in g.node:
+        if node.domain != DOMAIN or node.op_type != OP_TYPE:
+            continue
+        record = None
+        for i, a in enumerate(node.attribute):
+            if a.name == TRACED_TYPES:
+                record = helper.get_attribute_value(a)
+                del node.attribute[i]
+                break
+        if record is None:
+            continue
+        record = record.decode() if isinstance(record, bytes) else record
+        for name, entry in zip(node.input, record.split(";")):
+            if not name or not entry or name in known:
+                continue
+            elem, rank = (int(v) for v in entry.split(":"))
+            vi = value_info.get(name)
+            if vi is not None and vi.type.tensor_type.HasField("shape"):
+                continue
+            if vi is None:
+                vi = g.value_info.add()
+                vi.name = name
+                value_info[name] = vi
+            tt = vi.type.tensor_type
+            if not tt.elem_type:
+                tt.elem_type = elem
+            tt.shape.SetInParent()
+            for _ in range(rank):
+                tt.shape.dim.add()
+    return model
+
+
+__all__ = ["MaskedMHAFunction", "call", "record_traced_types", "TRACED_TYPES", "INPUT_NAMES"]

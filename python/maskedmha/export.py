@@ -162,7 +162,9 @@ def _export_torchscript(model, args, kwargs, names, output_names, dynamic_axes, 
                           output_names=output_names, dynamic_axes=dynamic_axes,
                           opset_version=opset_version, dynamo=False,
                           custom_opsets={"com.maskedmha": 1}, do_constant_folding=True)
-    return onnx.load_from_string(buf.getvalue())
+    from maskedmha.symbolic.torchscript import record_traced_types
+    # The masks' types and ranks as traced, for attach (ONNX inference can lose them).
+    return record_traced_types(onnx.load_from_string(buf.getvalue()))
 
 
 def _export_dynamo(model, args, kwargs, names, tensors, output_names, dynamic_axes,

@@ -1,0 +1,89 @@
+"""Issue 12, item 2: the TorchScript route must not depend on ONNX shape inference for what the
+trace already knew.  Mask2Former's transformer decoder builds its 3-D attn_mask from mask
+predictions of queries expanded with ``param.unsqueeze(1).repeat(1, bs, 1)`` (dynamic bs) and
+unmasks fully masked rows in place (ScatterND); ONNX cannot infer the mask's rank through
+``Expand(x, ConstantOfShape(...))``, so attach could not tell a 2-D from a 3-D mask and the export
+failed ("has rank None").  The op records each input's element type and rank at trace time."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import maskedmha
+from test_export import EXPORTERS, close, count_mha, no_fastpath, ort_run, runs
+
+E, H, Q = 16, 4, 5
+
+
+class MaskedAttentionDecoderLayer(nn.Module):
+    """Mask2Former's masked cross-attention step (seq-first, as in its decoder): learned queries
+    repeated over the batch, a mask from the queries' mask predictions (< 0.5 = hidden), rows
+    that would hide everything un-hidden in place, then cross-attention with that 3-D mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.query_feat = nn.Embedding(Q, E)
+        self.query_embed = nn.Embedding(Q, E)
+        self.mask_embed = nn.Linear(E, E)
+        self.cross = nn.MultiheadAttention(E, H)
+        with torch.no_grad():
+            self.cross.in_proj_bias.normal_(0, 0.5)
+            self.cross.out_proj.bias.normal_(0, 0.5)
+
+    def forward(self, memory):                       # memory: (S, B, E)
+        bs = memory.shape[1]
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)        # (Q, B, E)
+        pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)
+        mask_embed = self.mask_embed(output.transpose(0, 1))                  # (B, Q, E)
+        outputs_mask = torch.einsum("bqc,sbc->bqs", mask_embed, memory)       # (B, Q, S)
+        attn_mask = (outputs_mask.sigmoid().unsqueeze(1).repeat(1, H, 1, 1)
+                     .flatten(0, 1) < 0.5).detach()                           # (B*H, Q, S)
+        attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+        return self.cross(output + pos, memory, memory, attn_mask=attn_mask,
+                          need_weights=False)[0]
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dec = MaskedAttentionDecoderLayer()
+
+    def forward(self, memory):
+        return self.dec(memory)
+
+
+def _memory(S, B, seed):
+    return torch.randn(S, B, E, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mask2former_mask_through_dynamic_repeat(exporter):
+    model = Decoder().eval()
+    proto = maskedmha.export(model, (_memory(7, 2, 0),), input_names=["memory"],
+                             output_names=["out"], exporter=exporter,
+                             dynamic_axes={"memory": {0: "S", 1: "B"}, "out": {1: "B"}})
+    assert count_mha(proto) == 1
+    node = next(n for n in proto.graph.node if n.op_type == "MaskedMHA")
+    assert ".am3_b" in node.overload
+    # The trace-time record is export's own business: gone from the file.
+    assert {a.name for a in node.attribute} <= {"num_heads", "is_causal", "add_zero_attn",
+                                                "fully_masked_row", "average_attn_weights"}
+    dec = maskedmha.decompose(proto)
+    checked_hidden = False
+    for i, (S, B) in enumerate([(7, 2), (9, 3), (4, 1), (11, 5)]):
+        memory = _memory(S, B, seed=10 + i)
+        with torch.no_grad(), no_fastpath():
+            ref = model(memory)
+        for label, m in runs(proto, dec):
+            close(ort_run(m, {"memory": memory.numpy()})[0], ref,
+                  f"{exporter} {label} S,B={S},{B}")
+        # The mask must actually hide something, or a dropped mask would pass too.
+        with torch.no_grad():
+            d = model.dec
+            om = torch.einsum("bqc,sbc->bqs",
+                              d.mask_embed(d.query_feat.weight.unsqueeze(0).expand(B, Q, E)),
+                              memory)
+            checked_hidden |= bool(((om.sigmoid() < 0.5).sum(-1) % S != 0).any())
+    assert checked_hidden
