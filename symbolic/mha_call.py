@@ -33,6 +33,7 @@ class OpCall:
     need_weights: bool = False
     batched: bool = True
     batch_first: bool = True
+    out_features: int | None = None  # slice output 0 to this many features (padded out_proj)
 
     @property
     def attrs(self) -> dict:
@@ -42,6 +43,8 @@ class OpCall:
 
     def finish(self, out, weights):
         """Op outputs (batch-first) -> the module's return value."""
+        if self.out_features is not None:
+            out = out[..., :self.out_features]
         if not self.batched:
             out = out.squeeze(0)
             if weights is not None:
@@ -49,6 +52,10 @@ class OpCall:
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, (weights if self.need_weights else None)
+
+
+class Unfusable(ValueError):
+    """An attention call the op cannot express; ``patching`` leaves it to PyTorch."""
 
 
 def _check_mask_dtype(mask, name):
@@ -63,24 +70,64 @@ def build_call(mha: torch.nn.MultiheadAttention, query, key, value, key_padding_
                need_weights=True, attn_mask=None, average_attn_weights=True,
                is_causal=False) -> OpCall:
     """Validate one ``mha(query, key, value, ...)`` call the way PyTorch does and return the op's
-    inputs/attributes.  Raises the errors PyTorch raises for the same call."""
-    if getattr(mha, "training", False) and float(mha.dropout) > 0.0:
-        warnings.warn("maskedmha: exporting nn.MultiheadAttention in training mode; dropout is "
-                      "ignored (the op is inference-only)", stacklevel=3)
-    num_heads = mha.num_heads
-    if query.dtype != torch.float32 or mha.out_proj.weight.dtype != torch.float32:
+    inputs/attributes.  Raises the errors PyTorch raises for the same call.
+
+    The module hands its parameters to ``F.multi_head_attention_forward`` (after making the
+    inputs seq-first when ``batch_first``); so does this, to ``build_functional_call``, which
+    keeps the inputs batch-first instead of transposing them twice."""
+    separate = not mha._qkv_same_embed_dim
+    return build_functional_call(
+        query, key, value, mha.embed_dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias,
+        mha.bias_k, mha.bias_v, mha.add_zero_attn, mha.dropout, mha.out_proj.weight,
+        mha.out_proj.bias, training=mha.training, key_padding_mask=key_padding_mask,
+        need_weights=need_weights, attn_mask=attn_mask, use_separate_proj_weight=separate,
+        q_proj_weight=mha.q_proj_weight if separate else None,
+        k_proj_weight=mha.k_proj_weight if separate else None,
+        v_proj_weight=mha.v_proj_weight if separate else None,
+        average_attn_weights=average_attn_weights, is_causal=is_causal,
+        batch_first=bool(mha.batch_first), stacklevel=4)
+
+
+def build_functional_call(query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
+                          in_proj_bias, bias_k, bias_v, add_zero_attn, dropout_p,
+                          out_proj_weight, out_proj_bias, training=True, key_padding_mask=None,
+                          need_weights=True, attn_mask=None, use_separate_proj_weight=False,
+                          q_proj_weight=None, k_proj_weight=None, v_proj_weight=None,
+                          static_k=None, static_v=None, average_attn_weights=True,
+                          is_causal=False, *, batch_first=False, stacklevel=3) -> OpCall:
+    """One ``F.multi_head_attention_forward`` call (same arguments; ``batch_first`` says how
+    query/key/value are laid out: the functional itself is seq-first) -> the op's inputs and
+    attributes, with the functional's checks and branches.
+
+    ``out_proj_weight`` may be (Eo, E) with Eo < E, as in CLIP's AttentionPool2d (``c_proj``
+    maps 2048 -> 1024): the op's output projection is (E, E), so the weight and bias get
+    E - Eo zero rows and the result is sliced back to Eo (exact: the extra outputs are never
+    read).  Raises ``Unfusable`` for what the op cannot express: ``static_k``/``static_v``
+    (keys/values already projected and split into heads) and Eo > E."""
+    if static_k is not None or static_v is not None:
+        raise Unfusable("static_k/static_v (projected per-head keys/values) have no input in "
+                        "MaskedMHA")
+    if out_proj_weight.dim() == 2 and out_proj_weight.shape[0] > out_proj_weight.shape[1]:
+        raise Unfusable(f"out_proj_weight {tuple(out_proj_weight.shape)} projects to more "
+                        "features than embed_dim; MaskedMHA's output projection is (E, E)")
+    if training and float(dropout_p) > 0.0:
+        warnings.warn(f"maskedmha: exporting attention in training mode with dropout_p="
+                      f"{float(dropout_p)}; dropout is ignored (the op is inference-only)",
+                      stacklevel=stacklevel)
+    num_heads = int(num_heads)
+    if query.dtype != torch.float32 or out_proj_weight.dtype != torch.float32:
         raise TypeError(f"maskedmha: MaskedMHA version 1 is float32 only; got query "
-                        f"{query.dtype} and weights {mha.out_proj.weight.dtype}")
+                        f"{query.dtype} and weights {out_proj_weight.dtype}")
     is_batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask, num_heads)
     _check_mask_dtype(key_padding_mask, "key_padding_mask")
     _check_mask_dtype(attn_mask, "attn_mask")
     if key_padding_mask is not None and attn_mask is not None and \
             key_padding_mask.dtype != attn_mask.dtype:
         warnings.warn("Support for mismatched key_padding_mask and attn_mask is deprecated. "
-                      "Use same type for both instead.", stacklevel=3)
+                      "Use same type for both instead.", stacklevel=stacklevel)
 
     if is_batched:
-        if mha.batch_first:
+        if batch_first:
             q, k, v = query, key, value
         else:
             q, k, v = (x.transpose(0, 1) for x in (query, key, value))
@@ -102,19 +149,51 @@ def build_call(mha: torch.nn.MultiheadAttention, query, key, value, key_padding_
         attn_mask = None  # PyTorch drops the mask and uses SDPA's causal mask
         causal_attr = 1
 
-    if embed_dim != mha.embed_dim:
+    if embed_dim != embed_dim_to_check:
         raise AssertionError(
-            f"was expecting embedding dimension of {mha.embed_dim}, but got {embed_dim}")
+            f"was expecting embedding dimension of {embed_dim_to_check}, but got {embed_dim}")
     if embed_dim % num_heads != 0:
         raise AssertionError(f"embed_dim {embed_dim} not divisible by num_heads {num_heads}")
-    packed = mha._qkv_same_embed_dim
+    packed = not use_separate_proj_weight
     if packed:
         if key.shape != value.shape:
             raise AssertionError(
                 f"key shape {key.shape} does not match value shape {value.shape}")
-    elif k.shape[:2] != v.shape[:2]:
-        raise AssertionError(f"key's sequence and batch dims {k.shape[:2]} do not match "
-                             f"value's {v.shape[:2]}")
+        if in_proj_weight is None:
+            raise AssertionError("use_separate_proj_weight is False but in_proj_weight is None")
+        # _in_projection_packed: one (3E, E) weight over inputs of width E.
+        if tuple(in_proj_weight.shape) != (3 * embed_dim, embed_dim) or \
+                k.shape[-1] != embed_dim:
+            raise AssertionError(f"packed in_proj_weight {tuple(in_proj_weight.shape)} with "
+                                 f"key width {k.shape[-1]}: expected ({3 * embed_dim}, "
+                                 f"{embed_dim}) and {embed_dim}")
+    else:
+        if k.shape[:2] != v.shape[:2]:
+            raise AssertionError(f"key's sequence and batch dims {k.shape[:2]} do not match "
+                                 f"value's {v.shape[:2]}")
+        for name, w in (("q", q_proj_weight), ("k", k_proj_weight), ("v", v_proj_weight)):
+            if w is None:
+                raise AssertionError(
+                    f"use_separate_proj_weight is True but {name}_proj_weight is None")
+        # _in_projection's shape checks.
+        for name, w, width in (("q", q_proj_weight, embed_dim), ("k", k_proj_weight, k.shape[-1]),
+                               ("v", v_proj_weight, v.shape[-1])):
+            if tuple(w.shape) != (embed_dim, width):
+                raise AssertionError(f"expecting {name} weight shape of "
+                                     f"{(embed_dim, width)}, but got {tuple(w.shape)}")
+    if out_proj_weight.dim() != 2 or out_proj_weight.shape[1] != embed_dim:
+        raise RuntimeError(f"out_proj_weight has shape {tuple(out_proj_weight.shape)}; expected "
+                           f"(Eo, {embed_dim})")
+    out_features = int(out_proj_weight.shape[0])
+    if out_proj_bias is not None and tuple(out_proj_bias.shape) != (out_features,):
+        raise RuntimeError(f"out_proj_bias has shape {tuple(out_proj_bias.shape)}; expected "
+                           f"({out_features},)")
+    if in_proj_bias is not None and tuple(in_proj_bias.shape) != (3 * embed_dim,):
+        raise AssertionError(f"expecting in_proj_bias shape of {(3 * embed_dim,)}, but got "
+                             f"{tuple(in_proj_bias.shape)}")
+    if (bias_k is None) != (bias_v is None):
+        raise AssertionError("bias_k is set but bias_v is None" if bias_v is None else
+                             "bias_v is set but bias_k is None")
     if attn_mask is not None:
         if attn_mask.dim() == 2:
             if tuple(attn_mask.shape) != (tgt_len, src_len):
@@ -137,20 +216,27 @@ def build_call(mha: torch.nn.MultiheadAttention, query, key, value, key_padding_
         return m
 
     key_padding_mask, attn_mask = fmask(key_padding_mask), fmask(attn_mask)
-    bias_k = mha.bias_k.reshape(-1) if mha.bias_k is not None else None
-    bias_v = mha.bias_v.reshape(-1) if mha.bias_v is not None else None
+    # bias_k/bias_v: (1, 1, E) in the module, anything of E elements for the functional
+    # (it repeats them over the batch); the op takes (E).
+    bias_k = bias_k.reshape(-1) if bias_k is not None else None
+    bias_v = bias_v.reshape(-1) if bias_v is not None else None
+    if out_features != embed_dim:  # Eo < E: zero rows up to (E, E), sliced off in finish()
+        out_proj_weight = F.pad(out_proj_weight, (0, 0, 0, embed_dim - out_features))
+        if out_proj_bias is not None:
+            out_proj_bias = F.pad(out_proj_bias, (0, embed_dim - out_features))
     if packed:
-        w = [mha.in_proj_weight, None, None]
+        w = [in_proj_weight, None, None]
     else:
-        w = [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
-    inputs = [q, k, v, *w, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias,
+        w = [q_proj_weight, k_proj_weight, v_proj_weight]
+    inputs = [q, k, v, *w, in_proj_bias, out_proj_weight, out_proj_bias,
               bias_k, bias_v, key_padding_mask, attn_mask]
     return OpCall(inputs=inputs, num_heads=num_heads, is_causal=causal_attr,
-                  add_zero_attn=int(bool(mha.add_zero_attn)),
+                  add_zero_attn=int(bool(add_zero_attn)),
                   fully_masked_row="nan" if need_weights else "zero",
                   average_attn_weights=int(bool(average_attn_weights)),
                   need_weights=bool(need_weights), batched=is_batched,
-                  batch_first=bool(mha.batch_first))
+                  batch_first=bool(batch_first),
+                  out_features=None if out_features == embed_dim else out_features)
 
 
 def _canon(mask, dtype):

@@ -6,14 +6,27 @@ PyTorch's MHA/transformer fast paths (no ``_native_multi_head_attention``,
 ``_transformer_encoder_layer_fwd`` or nested tensors in the trace); and makes
 ``nn.Transformer*``'s automatic causal-mask detection (``_detect_is_causal_mask``, which looks at
 the mask's values) answer from the explicit hint only, so the mask stays an input of the graph.
+
+``torch.nn.functional.multi_head_attention_forward`` is patched too, for models that call it
+directly (OpenAI CLIP's ``AttentionPool2d``, attention pools written like it): every argument
+maps to the op (``mha_call.build_functional_call``; an output projection to fewer features than
+embed_dim, CLIP's ``c_proj``, is zero-padded and sliced), except what the op cannot take:
+``static_k``/``static_v`` (keys and values already projected and split into heads) and an output
+projection to MORE features than embed_dim.  Such a call is left to PyTorch (exported unfused,
+standard ops, as PyTorch computes it) with a warning that says so.
+Code that imported the function by name before export (``from torch.nn.functional import
+multi_head_attention_forward``) keeps its own reference and is not fused.
+
 Everything is restored on exit, also on error.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 import torch.nn.modules.transformer as _transformer
 
@@ -45,6 +58,43 @@ def _make_forward(call):
     return forward
 
 
+def _make_functional(call, original):
+    def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_heads,
+                                     in_proj_weight, in_proj_bias, bias_k, bias_v, add_zero_attn,
+                                     dropout_p, out_proj_weight, out_proj_bias, training=True,
+                                     key_padding_mask=None, need_weights=True, attn_mask=None,
+                                     use_separate_proj_weight=False, q_proj_weight=None,
+                                     k_proj_weight=None, v_proj_weight=None, static_k=None,
+                                     static_v=None, average_attn_weights=True, is_causal=False):
+        try:
+            op = mha_call.build_functional_call(
+                query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias,
+                bias_k, bias_v, add_zero_attn, dropout_p, out_proj_weight, out_proj_bias,
+                training=training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                attn_mask=attn_mask, use_separate_proj_weight=use_separate_proj_weight,
+                q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
+                v_proj_weight=v_proj_weight, static_k=static_k, static_v=static_v,
+                average_attn_weights=average_attn_weights, is_causal=is_causal,
+                batch_first=False, stacklevel=4)
+        except mha_call.Unfusable as exc:
+            # PyTorch's own code still exports correctly (standard ops): a correct model, one
+            # attention not fused, and the user told which and why.
+            warnings.warn(f"maskedmha: F.multi_head_attention_forward call exported unfused "
+                          f"(standard ops): {exc}", stacklevel=2)
+            return original(query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
+                            in_proj_bias, bias_k, bias_v, add_zero_attn, dropout_p,
+                            out_proj_weight, out_proj_bias, training=training,
+                            key_padding_mask=key_padding_mask, need_weights=need_weights,
+                            attn_mask=attn_mask,
+                            use_separate_proj_weight=use_separate_proj_weight,
+                            q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
+                            v_proj_weight=v_proj_weight, static_k=static_k, static_v=static_v,
+                            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return call(op)
+    multi_head_attention_forward.__wrapped__ = original
+    return multi_head_attention_forward
+
+
 def _detect_from_hint(mask, is_causal=None, size=None):
     return is_causal is True
 
@@ -54,14 +104,17 @@ def patched(backend: str):
     call = _backend_call(backend)
     with _lock:
         old_forward = nn.MultiheadAttention.__dict__["forward"]
+        old_functional = F.multi_head_attention_forward
         old_detect = _transformer._detect_is_causal_mask
         old_fastpath = torch.backends.mha.get_fastpath_enabled()
         try:
             nn.MultiheadAttention.forward = _make_forward(call)
+            F.multi_head_attention_forward = _make_functional(call, old_functional)
             _transformer._detect_is_causal_mask = _detect_from_hint
             torch.backends.mha.set_fastpath_enabled(False)
             yield
         finally:
             nn.MultiheadAttention.forward = old_forward
+            F.multi_head_attention_forward = old_functional
             _transformer._detect_is_causal_mask = old_detect
             torch.backends.mha.set_fastpath_enabled(old_fastpath)
