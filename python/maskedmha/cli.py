@@ -37,7 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         import logging
         import warnings
-        from .demo import run_demo
+        try:
+            from .demo import run_demo
+        except ModuleNotFoundError as exc:  # the demo exports with torch: the "export" extra
+            top = (exc.name or "").split(".")[0]
+            if top not in ("torch", "onnxscript"):
+                raise
+            from . import EXPORT_EXTRA_HINT
+            print(f"maskedmha demo: needs {top}, which is not installed: {EXPORT_EXTRA_HINT}",
+                  file=sys.stderr)
+            return 2
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
         with warnings.catch_warnings():
             # PyTorch's own deprecation chatter (nested tensors, mixed mask dtypes) would bury the
