@@ -29,6 +29,7 @@
 #include "attention.h"
 #include "forward.h"
 #include "gemm.h"
+#include "ort_api.h"
 #include "parallel.h"
 #include "simd.h"
 #include "team.h"
@@ -194,7 +195,12 @@ OrtCustomOpInputOutputCharacteristic MaskedMHAOp::GetOutputCharacteristic(size_t
   return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
-MaskedMHAOp::MaskedMHAOp() { OrtCustomOp::InferOutputShapeFn = &MaskedMHAOp::InferOutputShapes; }
+MaskedMHAOp::MaskedMHAOp() { Configure(kMinOrtApi, false); }
+
+void MaskedMHAOp::Configure(uint32_t api_version, bool shape_inference) {
+  OrtCustomOp::version = api_version;
+  OrtCustomOp::InferOutputShapeFn = shape_inference ? &MaskedMHAOp::InferOutputShapes : nullptr;
+}
 
 OrtStatusPtr ORT_API_CALL MaskedMHAOp::InferOutputShapes(const OrtCustomOp*,
                                                          OrtShapeInferContext* ctx) {

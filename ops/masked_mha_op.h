@@ -57,13 +57,20 @@ struct MaskedMHAOp : Ort::CustomOpBase<MaskedMHAOp, MaskedMHAKernel, true> {
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const;
 
   // Graph-level shape inference: output 0 gets query's shape.  Set as the raw
-  // OrtCustomOp::InferOutputShapeFn (ORT calls it when OrtCustomOp::version >= 17; CustomOpBase
-  // sets version = ORT_API_VERSION) rather than through Ort::ShapeInferContext, whose
-  // SetOutputShape in the 1.21 headers marks symbolic dims with -2, which newer ORT rejects.
-  // Output 1 is left to the model's value_info: ORT's context does not say how many outputs the
-  // node has, and setting output 1 on a node without one indexes past ORT's output list.
-  MaskedMHAOp();
+  // OrtCustomOp::InferOutputShapeFn (ORT calls it when OrtCustomOp::version >= 17) rather than
+  // through Ort::ShapeInferContext, whose SetOutputShape in the 1.21 headers marks symbolic dims
+  // with -2, which newer ORT rejects.  Output 1 is left to the model's value_info: ORT's context
+  // does not say how many outputs the node has, and setting output 1 on a node without one
+  // indexes past ORT's output list.
   static OrtStatusPtr ORT_API_CALL InferOutputShapes(const OrtCustomOp* op, OrtShapeInferContext* ctx);
+
+  // Until Configure: declared at kMinOrtApi, without the shape-inference hook.
+  MaskedMHAOp();
+  // Called once, before ORT first sees the op (register.cc): declare the op at the C API
+  // version negotiated with the running ORT (CustomOpBase would declare ORT_API_VERSION, which
+  // an older ORT refuses), and give ORT the shape-inference hook only where that release
+  // handles it (kFirstMinorWithSafeShapeInference in ort_api.h).
+  void Configure(uint32_t api_version, bool shape_inference);
 };
 
 }  // namespace maskedmha

@@ -20,6 +20,13 @@ from test_kernel import assert_close, make_feeds, make_model, torch_reference
 
 B, L, S, E, H = 2, 5, 7, 12, 3
 
+# The library gives ORT its shape-inference hook only from ORT 1.24 on: 1.17 .. 1.23 crash
+# building the hook's context for a node with an absent optional input (ops/ort_api.h;
+# tests/test_ort_api.py checks the hook is off there).  Without the hook ORT infers no shape.
+HOOK = tuple(int(x) for x in ort.__version__.split(".")[:2]) >= (1, 24)
+needs_hook = pytest.mark.skipif(
+    not HOOK, reason=f"ORT {ort.__version__} < 1.24 gets no shape-inference hook (ops/ort_api.h)")
+
 
 def _session(model: bytes, optimized_path=None, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):
     so = ort.SessionOptions()
@@ -57,12 +64,16 @@ def test_ort_output_shape_symbolic(config, need_weights):
     feeds = make_feeds(B, L, S, E, H, seed=3, **kw)
     sess = _session(make_model(feeds, H, need_weights))
     outs = sess.get_outputs()
-    assert outs[0].shape == ["query_d0", "query_d1", "query_d2"]
+    if HOOK:
+        assert outs[0].shape == ["query_d0", "query_d1", "query_d2"]
+    else:  # no hook on this release: nothing inferred (and, with absent inputs, no crash)
+        assert outs[0].shape in ([], None)
     assert all(o.type == "tensor(float)" for o in outs)
     res = sess.run(None, feeds)
     assert res[0].shape == (B, L, E)
 
 
+@needs_hook
 def test_ort_output_shape_concrete_and_partly_symbolic():
     feeds = make_feeds(B, L, S, E, H, seed=4)
     m = _set_input_dims(make_model(feeds, H), {"query": ["batch", L, E]})
@@ -95,6 +106,7 @@ def _with_shape_consumer(model: bytes) -> onnx.ModelProto:
     return m
 
 
+@needs_hook
 def test_ort_optimizer_uses_the_inferred_shape(tmp_path):
     feeds = make_feeds(B, L, S, E, H, seed=6, kpm="bool", attn_mask="bool2")
     static = {"query": [B, L, E]}
@@ -159,5 +171,9 @@ def test_exported_models_infer_output_shapes(tmp_path, name, dynamic):
     node = next(n for n in model.graph.node if n.op_type == "MaskedMHA")
     assert _dims(vis[node.output[0]]) == [b, t, E_]
     # ORT agrees (the library's inference, merged with the file's value_info).
+    ir = onnx.load(path, load_external_data=False).ir_version
+    if ir > 9 and tuple(int(x) for x in ort.__version__.split(".")[:2]) < (1, 18):
+        pytest.skip(f"ORT {ort.__version__} reads ONNX IR <= 9; the exported file is IR {ir} "
+                    "(the ONNX-side checks above ran)")
     sess = maskedmha.InferenceSession(path)
     assert sess.get_outputs()[0].shape == want
