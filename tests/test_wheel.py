@@ -79,6 +79,27 @@ def test_library_exports_register_custom_ops_only(wheel, tmp_path):
     assert not re.search(r"\s u\s", out)
 
 
+UNLOAD = r'''
+import ctypes, sys
+path = sys.argv[1]
+handle = ctypes.CDLL(path)._handle
+libc = ctypes.CDLL(None)
+libc.dlclose.argtypes = [ctypes.c_void_p]
+assert libc.dlclose(handle) == 0
+sys.exit(path in open("/proc/self/maps").read())
+'''
+
+
+def test_library_can_be_unloaded(wheel, tmp_path):
+    # A GNU-unique symbol pins a library in memory for the life of the process (dlclose is a
+    # no-op); measured on the library before the version script: still mapped after dlclose.
+    with zipfile.ZipFile(wheel) as zf:
+        lib = tmp_path / "libmaskedmha_ops.so"
+        lib.write_bytes(zf.read("maskedmha/libmaskedmha_ops.so"))
+    proc = subprocess.run([sys.executable, "-c", UNLOAD, str(lib)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"still mapped after dlclose {proc.stderr}"
+
+
 def test_installs_and_runs_on_another_python_without_compiler(wheel, tmp_path):
     python = _other_python()
     if python is None:
