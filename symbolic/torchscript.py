@@ -63,6 +63,11 @@ class MaskedMHAFunction(torch.autograd.Function):
                    outputs=2 if need_weights else 1, **attrs)
         if need_weights:
             res[0].setType(query.type())
+            # Output 1's type too: an output without one makes torch's ONNX pass print "The
+            # shape inference of com.maskedmha::MaskedMHA type is missing" for the node.
+            # Rank and dtype are certain; the sizes are attach's business (_annotate_outputs).
+            rank = 3 if int(average_attn_weights) else 4
+            res[1].setType(query.type().with_sizes([None] * rank))
             return res
         res.setType(query.type())
         return res

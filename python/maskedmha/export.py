@@ -2,8 +2,10 @@
 ``com.maskedmha::MaskedMHA`` node carrying its standard-op fallback function."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
+import logging
 import os
 import warnings
 
@@ -153,6 +155,50 @@ def _rename_dims(model: onnx.ModelProto, dynamic_axes, input_names, output_names
                 d.dim_param = mapping[d.dim_param]
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# torch.onnx's chatter that says nothing about the user's model, silenced around our export
+# call only (each filter matches one message, so anything else still reaches the user):
+# - the dynamo exporter logs "torchvision is not installed. Skipping torchvision::nms" (and
+#   roi_align, roi_pool, deform_conv2d) on every export while building its op registry;
+# - torch.export's pytree code raises a FutureWarning about its own use of ``LeafSpec``;
+# - the TorchScript exporter warns "ONNX Preprocess - Removing mutation from node ... This
+#   changes graph semantics" when it turns an in-place op on a graph input into an
+#   out-of-place one (PyTorch's own TransformerEncoderLayer triggers it on a key_padding_mask
+#   input): the exported outputs follow the traced data flow all the same; only the caller's
+#   tensor is not modified, which no ONNX model can do.
+# (TorchScript's "shape inference of com.maskedmha::MaskedMHA type is missing" is not filtered:
+# it is gone at its cause, symbolic/torchscript.py types every output of the node.)
+_QUIET_LOGS = {"torch.onnx._internal.exporter._registration": "torchvision is not installed"}
+_QUIET_WARNINGS = [
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    (UserWarning, r"ONNX Preprocess - Removing mutation from node"),
+]
+
+
+@contextlib.contextmanager
+def _quiet():
+    filters = [(logging.getLogger(name), _DropMessages(prefix))
+               for name, prefix in _QUIET_LOGS.items()]
+    with warnings.catch_warnings():
+        for category, message in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for logger, f in filters:
+            logger.addFilter(f)
+        try:
+            yield
+        finally:
+            for logger, f in filters:
+                logger.removeFilter(f)
+
+
 def _export_torchscript(model, args, kwargs, names, output_names, dynamic_axes, opset_version):
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -216,7 +262,7 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
                       stacklevel=2)
         model.eval()
     try:
-        with torch.no_grad(), patched(exporter):
+        with torch.no_grad(), patched(exporter), _quiet():
             if exporter == "torchscript":
                 proto = _export_torchscript(model, args, kwargs, names, output_names,
                                             dynamic_axes, opset_version)
