@@ -6,6 +6,7 @@ unmasks fully masked rows in place (ScatterND); ONNX cannot infer the mask's ran
 failed ("has rank None").  The op records each input's element type and rank at trace time."""
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -66,7 +67,13 @@ def test_mask2former_mask_through_dynamic_repeat(exporter):
                              dynamic_axes={"memory": {0: "S", 1: "B"}, "out": {1: "B"}})
     assert count_mha(proto) == 1
     node = next(n for n in proto.graph.node if n.op_type == "MaskedMHA")
-    assert ".am3_b" in node.overload
+    # The file itself says what the trace knew: a bool mask of rank 3.
+    mask = node.input[12]
+    types = {vi.name: vi.type.tensor_type for vi in
+             list(proto.graph.value_info) + list(proto.graph.input)}
+    assert mask in types, mask
+    assert types[mask].elem_type == onnx.TensorProto.BOOL
+    assert len(types[mask].shape.dim) == 3
     # The trace-time record is export's own business: gone from the file.
     assert {a.name for a in node.attribute} <= {"num_heads", "is_causal", "add_zero_attn",
                                                 "fully_masked_row", "average_attn_weights"}
