@@ -75,7 +75,7 @@ def _make_functional(call, original):
                 q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
                 v_proj_weight=v_proj_weight, static_k=static_k, static_v=static_v,
                 average_attn_weights=average_attn_weights, is_causal=is_causal,
-                batch_first=False, stacklevel=4)
+                batch_first=False, stacklevel=3)  # warnings point at the caller's line
         except mha_call.Unfusable as exc:
             # PyTorch's own code still exports correctly (standard ops): a correct model, one
             # attention not fused, and the user told which and why.
