@@ -31,7 +31,7 @@ def fused_model(with_fallback: bool = True) -> onnx.ModelProto:
         initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.maskedmha", 1)])
-    model.ir_version = 10
+    model.ir_version = 9  # ORT 1.17 reads IR <= 9; attach_functions raises it to 10 (overloads)
     if with_fallback:
         from maskedmha.symbolic.attach import attach_functions
         attach_functions(model)
