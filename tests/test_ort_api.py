@@ -96,3 +96,33 @@ def test_ort_older_than_17_is_refused_with_one_line_naming_both_versions():
     msg = str(e.value)
     line = next(ln for ln in msg.splitlines() if "maskedmha" in ln)
     assert ort.__version__ in line and "17" in line, msg
+
+
+def _cmake() -> str | None:
+    import shutil
+    here = os.path.join(os.path.dirname(sys.executable), "cmake")
+    return here if os.path.exists(here) else shutil.which("cmake")
+
+
+@pytest.mark.skipif(_cmake() is None, reason="no cmake on PATH or beside this Python")
+@pytest.mark.parametrize("api,ok", [(17, False), (20, False), (21, True), (24, True)])
+def test_cmake_checks_the_headers_api_version(tmp_path, api, ok):
+    """cmake/OrtHeaders.cmake parses ORT_API_VERSION from the headers and refuses headers older
+    than kMaxOrtApi (ops/ort_api.h) at configure time, naming both versions.  (Configure only:
+    the stand-in headers below are not compilable.)"""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    (inc / "onnxruntime_c_api.h").write_text(f"#define ORT_API_VERSION {api}\n")
+    (inc / "onnxruntime_cxx_api.h").write_text("\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([_cmake(), "-S", root, "-B", str(tmp_path / "build"),
+                          f"-DORT_INCLUDE_DIR={inc}", "-DMASKEDMHA_ORT_DOWNLOAD=OFF"],
+                         capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    if ok:
+        assert res.returncode == 0, out
+        assert f"ORT_API_VERSION {api}; the library uses C API 17..21" in out, out
+    else:
+        assert res.returncode != 0, out
+        flat = " ".join(out.split())
+        assert f"ORT_API_VERSION {api};" in flat and "ONNX Runtime 1.21 or newer" in flat, out
