@@ -120,3 +120,39 @@ def test_parameter_passed_as_inputs(exporter):
     proto = maskedmha.export(model, (_rand(1, 5, E, seed=1), model.mem, model.mem),
                              input_names=["q", "k", "v"], exporter=exporter)
     _check_distinct(proto, model, [(1, 5, 6)], f"parameter {exporter}")
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_one_padding_mask_for_source_and_memory(exporter):
+    """nn.Transformer users pass one padding mask as src_key_padding_mask AND
+    memory_key_padding_mask; the file must still take two masks and honour each."""
+    torch.manual_seed(0)
+    model = nn.Transformer(E, H, 1, 1, 32, dropout=0.0, batch_first=True).eval()
+
+    def inputs(B, S, T, seed, same):
+        g = torch.Generator().manual_seed(seed)
+        src, tgt = torch.randn(B, S, E, generator=g), torch.randn(B, T, E, generator=g)
+        pad = torch.rand(B, S, generator=g) < 0.4
+        pad[:, 0] = False
+        other = pad.clone() if not same else pad
+        if not same:  # a different memory mask: some other key hidden in every row
+            other[:, 0] = False
+            other[:, -1] = ~pad[:, -1] if S > 1 else False
+        return dict(src=src, tgt=tgt, src_key_padding_mask=pad, memory_key_padding_mask=other)
+
+    names = ["src", "tgt", "src_key_padding_mask", "memory_key_padding_mask"]
+    axes = {"src": {0: "B", 1: "S"}, "tgt": {0: "B", 1: "T"},
+            "src_key_padding_mask": {0: "B", 1: "S"},
+            "memory_key_padding_mask": {0: "B", 1: "S"}}
+    proto = maskedmha.export(model, (), kwargs=inputs(2, 6, 5, 0, same=True), input_names=names,
+                             dynamic_axes=axes, exporter=exporter)
+    assert [i.name for i in proto.graph.input] == names
+    for i, (B, S, T) in enumerate([(2, 6, 5), (3, 4, 7)]):
+        feeds_t = inputs(B, S, T, 10 + i, same=False)
+        assert not torch.equal(feeds_t["src_key_padding_mask"],
+                               feeds_t["memory_key_padding_mask"])
+        with torch.no_grad(), no_fastpath():
+            ref = model(**feeds_t)
+        feeds = {k: v.numpy() for k, v in feeds_t.items()}
+        for label, m in runs(proto, maskedmha.decompose(proto)):
+            close(ort_run(m, feeds)[0], ref, f"{exporter} {label} B,S,T={B},{S},{T}")
