@@ -22,8 +22,9 @@ constexpr uint32_t kMinOrtApi = 17;
 // headers it is built and tested with (Debian trixie libonnxruntime-dev 1.21.0+dfsg-1, pinned in
 // cmake/OrtHeaders.cmake).  Newer headers also build it (the OrtApi table and OrtCustomOp are
 // append-only), but the op still declares at most 21, so which header package was found does not
-// change what ORT sees.  ORT refuses an op whose version is newer than itself ("Unsupported
-// version" when the kernel is created), hence the negotiation down to the running release.
+// change what ORT sees.  ORT refuses an op whose version is newer than itself (measured: 1.20.1
+// with the op at 21 fails session creation with "CustomOpKernel ... Unsupported version '21' in
+// custom op 'MaskedMHA'"), hence the negotiation down to the running release.
 constexpr uint32_t kMaxOrtApi = 21;
 
 static_assert(ORT_API_VERSION >= kMaxOrtApi,
