@@ -1,5 +1,6 @@
-"""``maskedmha.export``: torch model -> ONNX file where every ``nn.MultiheadAttention`` is ONE
-``com.maskedmha::MaskedMHA`` node carrying its standard-op fallback function."""
+"""``maskedmha.export``: torch model -> ONNX file where every ``nn.MultiheadAttention`` (and every
+direct ``F.multi_head_attention_forward`` call) is ONE ``com.maskedmha::MaskedMHA`` node carrying
+its standard-op fallback function."""
 from __future__ import annotations
 
 import contextlib
@@ -229,10 +230,15 @@ def _export_dynamo(model, args, kwargs, names, tensors, output_names, dynamic_ax
 def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=None,
            output_names=None, dynamic_axes=None, fused: bool = True, exporter: str = "dynamo",
            opset_version: int | None = None) -> onnx.ModelProto:
-    """Export ``model`` to ONNX with every ``nn.MultiheadAttention`` as one MaskedMHA node.
+    """Export ``model`` to ONNX with every ``nn.MultiheadAttention`` as one MaskedMHA node (also
+    attention computed by calling ``F.multi_head_attention_forward`` directly, except calls with
+    ``static_k``/``static_v`` or an output projection wider than embed_dim: those stay standard
+    ops, with a warning).
 
     ``args``: positional inputs (a tensor or a tuple; ``None`` entries allowed for optional
-    masks); ``kwargs``: keyword inputs.  ``dynamic_axes`` as in ``torch.onnx.export`` (input or
+    masks); ``kwargs``: keyword inputs.  Every tensor argument is its own graph input, also
+    when the example passes one tensor twice (``(x, mem, mem)``): export works on copies of
+    aliased examples.  ``dynamic_axes`` as in ``torch.onnx.export`` (input or
     output name -> {axis: dim name} or [axes]) works with both exporters.  ``fused=False`` writes
     the decomposed model (standard ops only).  Writes ``f`` (path or binary file object) when
     given and returns the ``onnx.ModelProto``.
