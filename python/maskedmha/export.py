@@ -21,10 +21,14 @@ EXPORTERS = ("dynamo", "torchscript")
 
 def _storage_key(t: torch.Tensor):
     """What two tensors sharing memory have in common: device and storage address.  Tensors
-    without memory (empty storage, whose address may be 0 for all of them) count as their own."""
-    storage = t.untyped_storage()
+    without a plain storage, or with an empty one (whose address may be 0 for all of them), are
+    told apart by identity only."""
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse/nested tensors: no plain storage
+        return ("object", id(t))
     if storage.nbytes() == 0:
-        return ("empty", id(t))
+        return ("object", id(t))
     return (t.device, storage.data_ptr())
 
 
