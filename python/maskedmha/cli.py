@@ -1,72 +1,277 @@
-"""Command line: `maskedmha demo` and `maskedmha compare MODEL.onnx`."""
+"""The `maskedmha` command.
+
+User errors (a bad file, a wrong option value) are one line on stderr starting with
+"maskedmha: " and exit status 2; a runtime failure (the library cannot load, ORT refuses or fails
+a graph) is one line and exit status 1.  Only `demo` needs torch by design; `info` and `doctor`
+never import it; compare/optimize/attach use maskedmha.symbolic, which still imports torch
+through symbolic/mha_call.py (tests/test_no_torch.py's xfail)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from .modelfile import UsageError
 
-def _sizes(pairs: list[str]) -> dict[str, int]:
-    sizes = {}
-    for p in pairs:
-        name, _, value = p.partition("=")
-        if not value.isdigit():
-            raise SystemExit(f"--dim expects NAME=INT, got {p!r}")
-        sizes[name] = int(value)
-    return sizes
+DESCRIPTION = """\
+nn.MultiheadAttention as ONE fused ONNX node (com.maskedmha::MaskedMHA), run by a C++ ONNX
+Runtime kernel, with a standard-op fallback in the same file for a stock ONNX Runtime."""
+EPILOG = """`maskedmha COMMAND --help` describes each command.  `demo` needs torch:
+pip install "maskedmha[export]"."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors are a usage block plus a line; ours are the one line users read."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"maskedmha: {sub}{message} (see `{self.prog} --help`)\n")
+
+
+def _at_least_1(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _size(text: str) -> tuple[str, int]:
+    name, eq, value = text.partition("=")
+    if not eq or not name or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=INT with INT >= 1, got {text!r}")
+    return name, int(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="maskedmha", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"maskedmha {__version__}",
+                        help="print the package version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands", help="one of:")
+
+    demo = sub.add_parser(
+        "demo", help="export a small built-in Transformer fused and decomposed, run, compare (needs torch)",
+        description="Export a small encoder-decoder nn.Transformer (padding + causal masks) fused "
+                    "and decomposed, run both at a shape other than the export shape, check them "
+                    "against PyTorch and print the compare table.  Needs the export extra.")
+    demo.add_argument("--out", metavar="DIR",
+                      help="folder for the .onnx files (default: a new temporary folder)")
+    demo.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                      help="torch.onnx exporter to use (default: dynamo)")
+    demo.add_argument("--runs", type=_at_least_1, default=20, metavar="N",
+                      help="timed runs per graph (default 20)")
+    demo.add_argument("--threads", type=_at_least_1, default=None, metavar="N",
+                      help="ONNX Runtime intra-op threads (default: ORT's choice)")
+
+    cmp = sub.add_parser(
+        "compare", help="run MODEL fused (with the library) and decomposed (stock ORT), side by side",
+        description="Run MODEL fused (our kernel) and decomposed (standard ops on stock ONNX "
+                    "Runtime) on the same inputs: node counts, op histograms, the largest "
+                    "difference, latency min/median/max and the speed-up.  The inputs used are "
+                    "printed first.  Random inputs: floats are normal, inputs named *mask* are "
+                    "padding masks (never a whole row), integers are in [0, smallest axis of that "
+                    "input) so index inputs stay in range; give real inputs with --inputs.")
+    cmp.add_argument("model", metavar="MODEL.onnx", help="an ONNX file holding MaskedMHA nodes")
+    cmp.add_argument("--inputs", metavar="FILE.npz",
+                     help="numpy.savez file with one array per graph input, named like the "
+                          "inputs (default: random inputs)")
+    cmp.add_argument("--dim", action="append", default=[], type=_size, metavar="NAME=INT",
+                     help="size of the symbolic dimension NAME in random inputs (repeatable; "
+                          "others are 4)")
+    cmp.add_argument("--runs", type=_at_least_1, default=20, metavar="N",
+                     help="timed runs per graph, interleaved (default 20)")
+    cmp.add_argument("--threads", type=_at_least_1, default=None, metavar="N",
+                     help="ONNX Runtime intra-op threads (default: ORT's choice)")
+
+    info = sub.add_parser(
+        "info", help="MaskedMHA nodes, fallback functions, IR/opsets, which runtimes run MODEL",
+        description="Show MODEL's IR version and opsets, every MaskedMHA node's configuration, its "
+                    "fallback functions, and which ONNX Runtime releases run it with and without "
+                    "the library; then try both on this onnxruntime.")
+    info.add_argument("model", metavar="MODEL.onnx", help="an ONNX file")
+    info.add_argument("--no-check", action="store_true",
+                      help="do not create test sessions with this onnxruntime (large models)")
+
+    sub.add_parser(
+        "doctor", help="versions, library path, whether it loads into this onnxruntime, kernel ISA",
+        description="Check this installation: package, Python, onnxruntime, onnx, numpy and torch "
+                    "versions, the library's path, whether it registers into this onnxruntime "
+                    "and runs a node, and the instruction set the kernel will use "
+                    "(MASKEDMHA_ISA=generic|avx2 lowers it).  Exit status 1 if models cannot run.")
+
+    opt = sub.add_parser(
+        "optimize", help="save an ORT-optimized copy of IN that still runs without the library",
+        description="Optimize IN with ONNX Runtime (the library registered), attach the fallback "
+                    "functions that ORT's saved file lacks, and write OUT.")
+    opt.add_argument("input", metavar="IN.onnx", help="the model to optimize")
+    opt.add_argument("output", metavar="OUT.onnx", help="where to write the optimized model")
+    opt.add_argument("--level", choices=["basic", "extended"], default="extended",
+                     help="ORT graph optimization level (default extended; 'all' is not offered: "
+                          "its layouts are specific to the machine)")
+
+    att = sub.add_parser(
+        "attach", help="add the standard-op fallback functions to IN's MaskedMHA nodes, write OUT",
+        description="Re-attach the standard-op fallback functions to every MaskedMHA node of IN "
+                    "(e.g. a file saved by a tool that dropped them) so OUT runs on a stock ONNX "
+                    "Runtime as well.  Existing fallback functions are replaced.")
+    att.add_argument("input", metavar="IN.onnx", help="a model with MaskedMHA nodes")
+    att.add_argument("output", metavar="OUT.onnx", help="where to write the result")
+    return parser
+
+
+def _check_output_path(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"output {path} is a directory")
+    if not os.path.isdir(parent):
+        raise UsageError(f"output {path}: folder {parent} does not exist")
+
+
+def _compare(args) -> int:
+    from .compare import compare, format_table
+    from .inputs import check_feeds, check_sizes, load_feeds
+    from .modelfile import load_model, require_mha_nodes
+
+    sizes = dict(args.dim)
+    model = load_model(args.model)
+    require_mha_nodes(model, args.model, "compare")
+    if args.inputs:
+        if sizes:
+            raise UsageError("--dim sets sizes of random inputs; it has no effect with --inputs")
+        feeds = load_feeds(args.inputs)
+        check_feeds(model, feeds, args.inputs)
+    else:
+        check_sizes(model, sizes)
+        feeds = None
+    from ._library import LibraryNotFoundError
+    from .session import LibraryLoadError
+    try:
+        result = compare(model, feeds=feeds, runs=args.runs, threads=args.threads, sizes=sizes)
+    except (UsageError, LibraryNotFoundError, LibraryLoadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidArgument (not RuntimeErrors),
+        # decompose's ValueErrors: a graph that fails on these inputs stays one line.
+        raise _RuntimeFailure(f"running {args.model} failed: {' '.join(str(exc).split())[:500]}"
+                              + ("" if args.inputs else " (random inputs; give real ones with --inputs)")) from None
+    print(format_table(result))
+    return 0
+
+
+def _info(args) -> int:
+    from .info import describe
+    from .modelfile import load_model
+
+    model = load_model(args.model, load_external_data=False)  # weights are not needed
+    print(describe(model, args.model, check=not args.no_check))
+    return 0
+
+
+def _doctor(args) -> int:
+    from .doctor import report
+
+    text, ok = report()
+    print(text)
+    return 0 if ok else 1
+
+
+def _optimize(args) -> int:
+    from .modelfile import load_model, mha_nodes
+    from .optimize import optimize
+
+    before = load_model(args.input)
+    _check_output_path(args.output)
+    try:
+        after = optimize(before, args.output, level=args.level)
+    except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph, library errors: one line
+        raise _RuntimeFailure(f"optimizing {args.input} failed: {' '.join(str(exc).split())[:500]}") from None
+    fallback = sum(1 for f in after.functions if f.domain == "com.maskedmha")
+    print(f"wrote {args.output}: {len(before.graph.node)} -> {len(after.graph.node)} nodes "
+          f"(level {args.level}), {len(mha_nodes(after))} MaskedMHA nodes, {fallback} fallback "
+          f"function(s) attached, IR {after.ir_version}")
+    return 0
+
+
+def _attach(args) -> int:
+    import onnx
+
+    from .modelfile import DOMAIN, OP_TYPE, load_model, mha_nodes, require_mha_nodes
+
+    model = load_model(args.input)
+    require_mha_nodes(model, args.input, "attach")
+    _check_output_path(args.output)
+    ours = lambda m: [f for f in m.functions if f.domain == DOMAIN and f.name == OP_TYPE]  # noqa: E731
+    had = len(ours(model))
+    try:
+        from maskedmha.symbolic.attach import attach_functions
+    except ModuleNotFoundError as exc:  # maskedmha.symbolic imports torch (symbolic/mha_call.py)
+        from . import EXPORT_EXTRA_HINT
+        raise _RuntimeFailure(f"attach needs {exc.name}, which is not installed: {EXPORT_EXTRA_HINT}") from None
+    try:
+        attach_functions(model)
+    except ValueError as exc:  # the file's nodes cannot be typed or are malformed
+        raise UsageError(f"{args.input}: {str(exc).removeprefix('maskedmha: ')}") from None
+    onnx.save(model, args.output)
+    funcs = ours(model)
+    overloaded = sum(1 for f in funcs if f.overload)
+    print(f"wrote {args.output}: {len(funcs)} fallback function(s) for {len(mha_nodes(model))} "
+          f"MaskedMHA node(s)" + (f" ({overloaded} told apart by overload)" if overloaded else "")
+          + (f", replacing {had} the file carried" if had else "") + f", IR {model.ir_version}")
+    return 0
+
+
+class _RuntimeFailure(Exception):
+    """Not the user's mistake (exit status 1), still one line."""
+
+
+def _demo(args) -> int:
+    import logging
+    import warnings
+    try:
+        from .demo import run_demo
+    except ModuleNotFoundError as exc:  # the demo exports with torch: the "export" extra
+        top = (exc.name or "").split(".")[0]
+        if top not in ("torch", "onnxscript"):
+            raise
+        from . import EXPORT_EXTRA_HINT
+        print(f"maskedmha demo: needs {top}, which is not installed: {EXPORT_EXTRA_HINT}",
+              file=sys.stderr)
+        return 2
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
+    with warnings.catch_warnings():
+        # PyTorch's own deprecation chatter (nested tensors, mixed mask dtypes) would bury the
+        # table; the demo's numbers are checked against PyTorch instead.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        print(run_demo(args.out, args.exporter, args.runs, args.threads))
+    return 0
+
+
+COMMANDS = {"demo": _demo, "compare": _compare, "info": _info, "doctor": _doctor,
+            "optimize": _optimize, "attach": _attach}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maskedmha", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="export a small built-in Transformer fused and decomposed, run and compare")
-    demo.add_argument("--out", help="folder for the .onnx files (default: a new temporary folder)")
-    demo.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
-    demo.add_argument("--runs", type=int, default=20, help="timed runs per graph (default 20)")
-    demo.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
-
-    cmp = sub.add_parser("compare", help="run MODEL fused (with the library) and decomposed (without)")
-    cmp.add_argument("model", help="an .onnx file holding MaskedMHA nodes")
-    cmp.add_argument("--inputs", help=".npz file with one array per graph input (default: random)")
-    cmp.add_argument("--dim", action="append", default=[], metavar="NAME=INT",
-                     help="size of a symbolic dimension for random inputs (repeatable; default 4)")
-    cmp.add_argument("--runs", type=int, default=20)
-    cmp.add_argument("--threads", type=int, default=None)
-
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        import logging
-        import warnings
-        try:
-            from .demo import run_demo
-        except ModuleNotFoundError as exc:  # the demo exports with torch: the "export" extra
-            top = (exc.name or "").split(".")[0]
-            if top not in ("torch", "onnxscript"):
-                raise
-            from . import EXPORT_EXTRA_HINT
-            print(f"maskedmha demo: needs {top}, which is not installed: {EXPORT_EXTRA_HINT}",
-                  file=sys.stderr)
-            return 2
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
-        with warnings.catch_warnings():
-            # PyTorch's own deprecation chatter (nested tensors, mixed mask dtypes) would bury the
-            # table; the demo's numbers are checked against PyTorch instead.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            print(run_demo(args.out, args.exporter, args.runs, args.threads))
-        return 0
-
-    import numpy as np
-    from .compare import compare, format_table
-    feeds = dict(np.load(args.inputs)) if args.inputs else None
+    args = _parser().parse_args(argv)
     try:
-        result = compare(args.model, feeds=feeds, runs=args.runs, threads=args.threads,
-                         sizes=_sizes(args.dim))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"maskedmha compare: {exc}", file=sys.stderr)
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"maskedmha: {exc}", file=sys.stderr)
         return 2
-    print(format_table(result))
-    return 0
+    except _RuntimeFailure as exc:
+        print(f"maskedmha: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, RuntimeError) as exc:
+        # LibraryNotFoundError (a FileNotFoundError) and LibraryLoadError (a RuntimeError):
+        # the installation, not the user's input; `maskedmha doctor` says more.
+        print(f"maskedmha: {' '.join(str(exc).split())} (`maskedmha doctor` checks the "
+              "installation)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
