@@ -5,8 +5,8 @@ The trace knows every input's element type and rank; the exported file need not 
 exporter writes value_info only for custom-domain outputs, and ONNX shape inference loses the
 rank through e.g. ``Expand(x, ConstantOfShape(...))``, as in Mask2Former's decoder).  ``attach``
 needs the masks' types and ranks to pick the fallback, so the symbolic records them on the node
-(attribute ``TRACED_TYPES``) and ``record_traced_types`` turns that record into value_info after
-export and removes the attribute."""
+(attribute ``TRACED_TYPES``, taken from the traced tensors) and ``record_traced_types`` turns
+that record into value_info after export and removes the attribute."""
 from __future__ import annotations
 
 import onnx
@@ -16,7 +16,8 @@ from onnx import TensorProto, helper
 from .mha_call import INPUT_NAMES, OpCall, reference
 
 DOMAIN, OP_TYPE = "com.maskedmha", "MaskedMHA"
-# Temporary node attribute: "elem:rank" per op input ("" for absent ones), ";"-separated.
+# Temporary node attribute: "elem:rank" per op input ("" for absent or unrecorded ones),
+# ";"-separated.
 TRACED_TYPES = "maskedmha_traced_types"
 _ELEM = {torch.float32: TensorProto.FLOAT, torch.bool: TensorProto.BOOL,
          torch.float16: TensorProto.FLOAT16, torch.float64: TensorProto.DOUBLE}
@@ -29,9 +30,17 @@ def _absent(g):
     return node
 
 
+# Inputs whose type is recorded: the two masks, whose element type and rank choose the fallback.
+# Not the others: a rank-only value_info (dims unknown) for, say, the query would take the place
+# of the dims ONNX inference finds (attach reads the file's value_info first for shapes), and the
+# node's output shapes would lose them.
+_RECORDED = (INPUT_NAMES.index("key_padding_mask"), INPUT_NAMES.index("attn_mask"))
+
+
 def _traced_types(inputs) -> str:
     """The record for real (traced) tensors: taken in forward-time Python, not from the graph."""
-    return ";".join("" if x is None else f"{_ELEM.get(x.dtype, 0)}:{x.dim()}" for x in inputs)
+    return ";".join(f"{_ELEM.get(x.dtype, 0)}:{x.dim()}"
+                    if x is not None and i in _RECORDED else "" for i, x in enumerate(inputs))
 
 
 class MaskedMHAFunction(torch.autograd.Function):

@@ -94,3 +94,28 @@ def test_mask2former_mask_through_dynamic_repeat(exporter):
                               memory)
             checked_hidden |= bool(((om.sigmoid() < 0.5).sum(-1) % S != 0).any())
     assert checked_hidden
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_output_shapes_keep_inferred_dims(exporter):
+    """The record must only add what inference misses: MaskedMHA nodes whose query is computed
+    inside the graph (every layer after the first) keep fully known output dims."""
+    torch.manual_seed(0)
+    model = nn.Transformer(E, H, 2, 1, 32, dropout=0.0, batch_first=True).eval()
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(2, 6, E, generator=g), torch.randn(2, 5, E, generator=g)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    proto = maskedmha.export(model, (src, tgt), kwargs={"src_key_padding_mask": pad},
+                             exporter=exporter,
+                             dynamic_axes={"src": {0: "B", 1: "S"}, "tgt": {0: "B", 1: "T"},
+                                           "src_key_padding_mask": {0: "B", 1: "S"}})
+    shapes = {vi.name: vi.type.tensor_type.shape for vi in
+              list(proto.graph.value_info) + list(proto.graph.output)}
+    nodes = [n for n in proto.graph.node if n.op_type == "MaskedMHA"]
+    assert len(nodes) == 4
+    for n in nodes:
+        dims = shapes[n.output[0]].dim
+        assert len(dims) == 3, n.name
+        assert all(d.dim_param or d.HasField("dim_value") for d in dims), (n.name, dims)
+        assert dims[0].dim_param == "B" and dims[2].dim_value == E, (n.name, dims)
