@@ -298,6 +298,27 @@ def test_info_several_signatures(capsys, tmp_path):
     assert "IR version 10" in out
 
 
+def test_info_flags_overloads_without_guards_and_broken_overloads(capsys, tmp_path):
+    """Files written before the guards (one function per configuration, told apart by overload
+    alone) run the wrong body on ORT 1.19-1.26: info must say so; a node naming an overload no
+    function has is reported as broken.  Derived from the file, not from how it was made."""
+    from maskedmha.info import GUARD_DOMAIN
+    m = _two_signature_model()
+    keep = [f for f in m.functions if not any(n.domain == GUARD_DOMAIN for n in f.node)]
+    del m.functions[:]
+    m.functions.extend(keep)
+    path = str(tmp_path / "unguarded.onnx")
+    onnx.save(m, path)
+    assert main(["info", path, "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "told apart by `overload` (2 with one)" in out and "guard function" not in out
+    assert "onnxruntime >= 1.27 only; WARNING: ORT 1.19-1.26 would run the last function" in out
+    m.graph.node[0].overload = "nonexistent"
+    onnx.save(m, path)
+    assert main(["info", path, "--no-check"]) == 0
+    assert "broken: node 'first' names overload 'nonexistent'" in capsys.readouterr().out
+
+
 def test_info_restates_symbolic_constants():
     """info.py cannot import maskedmha.symbolic (torch); what it restates must stay equal."""
     from maskedmha import info
