@@ -17,10 +17,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,6 +58,31 @@ class OrtParallel final : public Parallel {
   const Ort::KernelContext& ctx_;
 };
 
+// The ORT status an exception stands for.  Errors cross the section in RunTeam as this value
+// rather than as a std::exception_ptr: exception_ptr's reference counting needs CXXABI_1.3.13
+// (GCC 11's libstdc++), which would lift the wheel's manylinux floor from 2_27 to 2_34.
+struct Error {
+  OrtErrorCode code = ORT_FAIL;
+  std::string message;
+};
+
+// Call only inside a catch block: describes the exception being handled.
+Error CurrentError() {
+  try {
+    throw;
+  } catch (const ValidationError& e) {
+    return {ORT_INVALID_ARGUMENT, e.what()};
+  } catch (const Ort::Exception& e) {
+    return {e.GetOrtErrorCode(), e.what()};
+  } catch (const std::bad_alloc&) {
+    return {ORT_FAIL, "MaskedMHA: out of memory"};
+  } catch (const std::exception& e) {
+    return {ORT_FAIL, std::string("MaskedMHA: ") + e.what()};
+  } catch (...) {
+    return {ORT_FAIL, "MaskedMHA: unknown error"};
+  }
+}
+
 // Runs body(par) on the calling thread, its parallel phases shared with the pool's workers
 // through a TeamParallel inside a single KernelContext_ParallelFor (why: team.h).  Each of the
 // section's tasks checks its thread: the first one that runs on the calling thread leads (runs
@@ -72,7 +97,8 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
     std::thread::id caller = std::this_thread::get_id();
     std::atomic<bool> led{false};
     const std::function<void(const Parallel&)>* body = nullptr;
-    std::exception_ptr error;
+    bool failed = false;
+    Error error;
   } r;
   r.body = &body;
   // One task per pool thread is enough; the pool's size is not visible to a kernel, so ask for
@@ -86,7 +112,8 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
           try {
             (*r.body)(r.team);
           } catch (...) {
-            r.error = std::current_exception();
+            r.error = CurrentError();
+            r.failed = true;
           }
           r.team.Finish();
           return;
@@ -100,7 +127,8 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
       },
       tasks, 0, &r);
   if (!r.led.load()) body(OrtParallel(ctx));
-  if (r.error) std::rethrow_exception(r.error);
+  // Ort::Exception carries the code, and ComputeV2 maps it back unchanged.
+  if (r.failed) throw Ort::Exception(std::move(r.error.message), r.error.code);
 }
 
 // Attribute readers with defaults (absent attribute -> default; wrong type -> error).
@@ -275,12 +303,9 @@ OrtStatusPtr MaskedMHAOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo*
     }
     *kernel = new MaskedMHAKernel(a, constant);
     return nullptr;
-  } catch (const ValidationError& e) {
-    return ToStatus(api, ORT_INVALID_ARGUMENT, e.what());
-  } catch (const Ort::Exception& e) {
-    return ToStatus(api, e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return ToStatus(api, ORT_FAIL, (std::string("MaskedMHA: ") + e.what()).c_str());
+  } catch (...) {
+    const Error e = CurrentError();
+    return ToStatus(api, e.code, e.message.c_str());
   }
 }
 
@@ -291,14 +316,9 @@ OrtStatusPtr MaskedMHAKernel::ComputeV2(OrtKernelContext* context) {
   try {
     Compute(context);
     return nullptr;
-  } catch (const ValidationError& e) {
-    return ToStatus(api, ORT_INVALID_ARGUMENT, e.what());
-  } catch (const Ort::Exception& e) {
-    return ToStatus(api, e.GetOrtErrorCode(), e.what());
-  } catch (const std::bad_alloc&) {
-    return ToStatus(api, ORT_FAIL, "MaskedMHA: out of memory");
-  } catch (const std::exception& e) {
-    return ToStatus(api, ORT_FAIL, (std::string("MaskedMHA: ") + e.what()).c_str());
+  } catch (...) {
+    const Error e = CurrentError();
+    return ToStatus(api, e.code, e.message.c_str());
   }
 }
 

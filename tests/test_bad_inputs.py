@@ -28,6 +28,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import maskedmha
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from test_kernel import INPUT_NAMES, assert_close, make_feeds, single_node_model, torch_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
@@ -455,3 +456,13 @@ def test_nan_and_inf_values_propagate_like_pytorch(need_weights):
             raise AssertionError(f"{label}: {e}") from e
         n += 1
     assert n >= 10
+
+
+def test_errors_keep_their_status_code_through_the_thread_team():
+    """Validation runs inside the kernel's thread-team section (RunTeam), whose error crosses the
+    section as a code and a message: a bad shape is still ORT's INVALID_ARGUMENT (status 2)."""
+    feeds = make_feeds(B, L, S, E, H, seed=7, kpm="bool")
+    sess = _session(loose_model(feeds, H))
+    bad = dict(_present(feeds), key_padding_mask=feeds["key_padding_mask"][:, :S - 1])
+    with pytest.raises(InvalidArgument, match=r"^\[ONNXRuntimeError\] : 2 : INVALID_ARGUMENT .*'key_padding_mask'"):
+        sess.run(None, bad)

@@ -57,10 +57,6 @@ def test_wheel_is_py3_none_manylinux(wheel):
     assert (int(m.group(1)), int(m.group(2))) == _auditwheel_tag(wheel)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ops/masked_mha_op.cc's std::exception_ptr (RunTeam) makes GCC 11+ headers call "
-    "exception_ptr::_M_addref/_M_release, exported only since CXXABI_1.3.13 -> manylinux_2_34; "
-    "without it the library is manylinux_2_27. Remove this marker with that change"))
 def test_wheel_fits_manylinux_2_28(wheel):
     assert _auditwheel_tag(wheel) <= OLDEST_GLIBC_TARGET
 
