@@ -96,6 +96,8 @@ def test_ort_older_than_17_is_refused_with_one_line_naming_both_versions():
     msg = str(e.value)
     line = next(ln for ln in msg.splitlines() if "maskedmha" in ln)
     assert ort.__version__ in line and "17" in line, msg
+    # The advice is to upgrade the runtime, not to rebuild the library.
+    assert "Upgrade onnxruntime" in msg and "Rebuild" not in msg, msg
 
 
 def _cmake() -> str | None:

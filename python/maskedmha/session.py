@@ -42,10 +42,13 @@ def session_options(sess_options: ort.SessionOptions | None = None) -> ort.Sessi
     try:
         opts.register_custom_ops_library(path)
     except Exception as exc:  # ORT raises a bare RuntimeError/Fail with dlopen's text
+        # The library refuses an ORT older than its C API floor itself (ops/register.cc says
+        # "too old"): then the runtime, not the library, needs replacing.
+        fix = ("Upgrade onnxruntime (pip install 'onnxruntime>=1.17')." if "too old" in str(exc)
+               else "Rebuild it for this platform (pip install --force-reinstall maskedmha).")
         raise LibraryLoadError(
             f"onnxruntime {ort.__version__} could not load the MaskedMHA library {path}: {exc}. "
-            "Rebuild it for this platform and onnxruntime (pip install --force-reinstall .)."
-        ) from exc
+            f"{fix}") from exc
     opts.add_session_config_entry(REGISTERED_KEY, path)
     return opts
 
