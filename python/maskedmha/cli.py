@@ -217,10 +217,13 @@ def _attach(args) -> int:
     except ValueError as exc:  # the file's nodes cannot be typed or are malformed
         raise UsageError(f"{args.input}: {str(exc).removeprefix('maskedmha: ')}") from None
     onnx.save(model, args.output)
-    funcs = ours(model)
-    overloaded = sum(1 for f in funcs if f.overload)
-    print(f"wrote {args.output}: {len(funcs)} fallback function(s) for {len(mha_nodes(model))} "
-          f"MaskedMHA node(s)" + (f" ({overloaded} told apart by overload)" if overloaded else "")
+    from .info import _is_guard
+    bodies = [f for f in ours(model) if not _is_guard(f)]
+    guards = len(ours(model)) - len(bodies)
+    print(f"wrote {args.output}: {len(bodies)} fallback function(s) for {len(mha_nodes(model))} "
+          "MaskedMHA node(s)"
+          + (" (told apart by overload" + (f", plus {guards} guard functions)" if guards else ")")
+             if any(f.overload for f in bodies) else "")
           + (f", replacing {had} the file carried" if had else "") + f", IR {model.ir_version}")
     return 0
 
