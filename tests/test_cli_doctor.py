@@ -4,7 +4,6 @@ differently, so the kernel's output with MASKEDMHA_ISA unset must be bit-for-bit
 MASKEDMHA_ISA forced to the ISA doctor predicts, and differ from the variants it did not pick."""
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
