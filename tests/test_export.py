@@ -190,9 +190,11 @@ def test_mha_alone(name, exporter, tmp_path):
     assert not {op for d, op in ((n.domain, n.op_type) for n in proto.graph.node)
                 if d in ("", "ai.onnx")} & ATTENTION_OPS
     node = next(n for n in proto.graph.node if n.op_type == "MaskedMHA")
-    assert node.overload and len(proto.functions) == 1
-    assert proto.functions[0].overload == node.overload
-    assert proto.ir_version >= 10
+    # The node's fallback is in the file (how functions are laid out, overloads and IR version
+    # included, is attach's business and tested with it).
+    ours = [f for f in proto.functions
+            if f.domain == maskedmha.DOMAIN and f.name == maskedmha.OP_TYPE]
+    assert any(f.overload == node.overload for f in ours)
     onnx.checker.check_model(proto, full_check=True)
     saved = onnx.load(str(path))
     assert count_mha(saved) == 1
@@ -441,7 +443,8 @@ def test_explicit_causal_hint_in_decoder(exporter):
     causal = [n for n in nodes
               if any(a.name == "is_causal" and a.i == 1 for a in n.attribute)]
     assert len(nodes) == 2 and len(causal) == 1
-    assert len([i for i in causal[0].input if i]) < 13 and "causal" in causal[0].overload
+    # PyTorch's is_causal path drops the mask: so does the node.
+    assert len(causal[0].input) < 13 or not causal[0].input[12]
     assert [i.name for i in proto.graph.input][:2] == ["tgt", "memory"]  # default names
     for i, (B, T, S) in enumerate([(2, 5, 4), (3, 7, 2)]):
         a = args(B, T, S, i)
@@ -480,9 +483,11 @@ def test_mask_built_inside_forward(exporter):
 
     proto = maskedmha.export(model, args(2, 5, 0), exporter=exporter,
                              dynamic_axes={"x": {0: "B", 1: "L"}, "kpm": {0: "B", 1: "L"}})
-    overloads = [n.overload for n in proto.graph.node if n.op_type == "MaskedMHA"]
-    assert len(overloads) == 4
-    assert sum(o.endswith(".causal") for o in overloads) == 2
+    nodes = [n for n in proto.graph.node if n.op_type == "MaskedMHA"]
+    assert len(nodes) == 4
+    causal = [n for n in nodes if any(a.name == "is_causal" and a.i == 1 for a in n.attribute)]
+    assert len(causal) == 2
+    assert all(len(n.input) < 13 or not n.input[12] for n in causal)
     dec = maskedmha.decompose(proto)
     for i, (B, L) in enumerate([(2, 5), (3, 8), (1, 3)]):
         x, kpm = args(B, L, i)
