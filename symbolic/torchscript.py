@@ -97,15 +97,23 @@ def record_traced_types(model: onnx.ModelProto) -> onnx.ModelProto:
     For an input whose value has no recorded rank (not a graph input, initializer or output,
     not a Constant, no value_info with a shape), add a value_info with the traced element type
     and rank (dims unknown: only the rank is certain for all shapes).  Known types are left as
-    they are.  The attribute is removed from every node, whatever happens to the record."""
-    g = model.graph
-    known = {vi.name: vi for vi in list(g.input) + list(g.output)}
-    known.update({i.name: None for i in g.initializer})
+    they are.  The attribute is removed from every node, in subgraphs too, so no file carries
+    it."""
+    _record_in_graph(model.graph)
+    return model
+
+
+def _record_in_graph(g: onnx.GraphProto) -> None:
+    known = {vi.name for vi in list(g.input) + list(g.output)}
+    known.update(i.name for i in g.initializer)
     for n in g.node:
         if n.op_type == "Constant":
-            known.update({o: None for o in n.output})
+            known.update(n.output)
     value_info = {vi.name: vi for vi in g.value_info}
     for node in g.node:
+        for a in node.attribute:  # If/Loop/Scan bodies
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _record_in_graph(sub)
         if node.domain != DOMAIN or node.op_type != OP_TYPE:
             continue
         record = None
@@ -134,7 +142,6 @@ def record_traced_types(model: onnx.ModelProto) -> onnx.ModelProto:
             tt.shape.SetInParent()
             for _ in range(rank):
                 tt.shape.dim.add()
-    return model
 
 
 __all__ = ["MaskedMHAFunction", "call", "record_traced_types", "TRACED_TYPES", "INPUT_NAMES"]
