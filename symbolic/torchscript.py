@@ -99,21 +99,24 @@ def record_traced_types(model: onnx.ModelProto) -> onnx.ModelProto:
     and rank (dims unknown: only the rank is certain for all shapes).  Known types are left as
     they are.  The attribute is removed from every node, in subgraphs too, so no file carries
     it."""
-    _record_in_graph(model.graph)
+    _record_in_graph(model.graph, main=True)
     return model
 
 
-def _record_in_graph(g: onnx.GraphProto) -> None:
+def _record_in_graph(g: onnx.GraphProto, main: bool) -> None:
     known = {vi.name for vi in list(g.input) + list(g.output)}
     known.update(i.name for i in g.initializer)
     for n in g.node:
         if n.op_type == "Constant":
             known.update(n.output)
+    # A subgraph describes only the values it defines (an outer-scope value belongs to the
+    # value_info of the graph that defines it).
+    defined = None if main else {o for n in g.node for o in n.output}
     value_info = {vi.name: vi for vi in g.value_info}
     for node in g.node:
         for a in node.attribute:  # If/Loop/Scan bodies
             for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                _record_in_graph(sub)
+                _record_in_graph(sub, main=False)
         if node.domain != DOMAIN or node.op_type != OP_TYPE:
             continue
         record = None
@@ -126,7 +129,8 @@ def _record_in_graph(g: onnx.GraphProto) -> None:
             continue
         record = record.decode() if isinstance(record, bytes) else record
         for name, entry in zip(node.input, record.split(";")):
-            if not name or not entry or name in known:
+            if not name or not entry or name in known or \
+                    (defined is not None and name not in defined):
                 continue
             elem, rank = (int(v) for v in entry.split(":"))
             vi = value_info.get(name)

@@ -119,3 +119,36 @@ def test_output_shapes_keep_inferred_dims(exporter):
         assert len(dims) == 3, n.name
         assert all(d.dim_param or d.HasField("dim_value") for d in dims), (n.name, dims)
         assert dims[0].dim_param == "B" and dims[2].dim_value == E, (n.name, dims)
+
+
+def test_record_is_moved_to_value_info_and_stripped_everywhere():
+    """record_traced_types on a hand-made graph: a MaskedMHA node in the main graph and one in
+    an If body; each mask gets its rank in the value_info of the graph defining it, no node
+    keeps the temporary attribute, and a value with a known type is left alone."""
+    from onnx import TensorProto, helper
+    from maskedmha.symbolic.torchscript import TRACED_TYPES, record_traced_types
+
+    def mha(out, mask, record):
+        return helper.make_node("MaskedMHA", ["q", "q", "q", "w", "", "", "", "ow", "", "", "",
+                                              "kpm", mask], [out], domain="com.maskedmha",
+                                num_heads=1, **{TRACED_TYPES: record})
+
+    body = helper.make_graph([helper.make_node("Identity", ["outer"], ["m3"]),
+                              mha("o", "m3", ";" * 11 + "9:2;9:3")], "body", [],
+                             [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["r"], then_branch=body, else_branch=body),
+         mha("o2", "m2", ";" * 11 + "9:2;1:2")], "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("kpm", TensorProto.BOOL, ["B", "S"])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    model = record_traced_types(helper.make_model(graph))
+    assert TRACED_TYPES not in str(model)
+
+    def ranks(g):
+        return {v.name: (v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim))
+                for v in g.value_info}
+
+    assert ranks(model.graph) == {"m2": (TensorProto.FLOAT, 2)}   # kpm: a graph input, known
+    # In the body: its own m3 only; kpm is the outer graph's input, described there.
+    assert ranks(model.graph.node[0].attribute[0].g) == {"m3": (TensorProto.BOOL, 3)}
