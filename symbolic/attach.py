@@ -1,11 +1,34 @@
-"""After export: give every ``com.maskedmha::MaskedMHA`` node its configuration (``overload``)
-and add one fallback ``FunctionProto`` per distinct configuration."""
+"""After export: add the standard-op fallback of every ``com.maskedmha::MaskedMHA`` node as
+model-local ``FunctionProto``s, so the file runs on a stock ONNX Runtime.
+
+The file must be right or refused on every runtime that loads it.  Measured (two MaskedMHA nodes,
+models built by tests/test_fallback_overloads.py):
+
+- ORT >= 1.27 choose a function by (domain, name, overload), as IR 10 specifies.
+- ORT 1.19.2 .. 1.26.0 ignore ``overload``: every node runs the LAST function in
+  ``model.functions`` with its (domain, name).  With one function per configuration that ran
+  4-head nodes with a 2-head body: silently wrong numbers.  When that function has another number
+  of outputs than the node, ORT 1.19-1.26 abort the process (a failed assertion).
+- ORT 1.17.3 reads IR <= 9 only ("Unsupported model IR version: 10").
+
+Hence: nodes that differ only in attributes share one function that reads the attributes
+(fallback.Signature).  A file whose nodes all have one signature gets one function with no
+overload, and IR 9 when nothing else in it needs IR 10 (runs on ORT 1.17+).  A file with several
+signatures gets one function per signature, told apart by ``overload`` (IR 10), plus a guard
+function (fallback.build_guard) first and last in ``model.functions``: ORT 1.19-1.26 take the
+last one and fail at session creation with an error naming the problem; a runtime that took the
+first same-named function would hit the other guard; runtimes honouring overloads never use them.
+"""
 from __future__ import annotations
 
 import onnx
 from onnx import TensorProto, helper
 
-from .fallback import ATTRIBUTES, DOMAIN, OP_TYPE, Config, build_function
+from .fallback import (ATTRIBUTE_DEFAULTS, ATTRIBUTES, DOMAIN, GUARD_DOMAIN, OP_TYPE, Config,
+                       build_function, build_guard)
+
+# Overload names of the two guards (no node uses them).
+GUARD_OVERLOADS = ("needs_function_overloads.first", "needs_function_overloads.last")
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -159,17 +182,14 @@ def mha_nodes(model: onnx.ModelProto):
     return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
 
 
-def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """In place (and returned): set every MaskedMHA node's overload, add the fallback functions,
-    the com.maskedmha opset import and IR version 10."""
-    opset = _default_opset(model)
+def _prepare(model: onnx.ModelProto):
+    """Normalise every MaskedMHA node and return [(node, Config)]; drops our functions (fallback
+    and guards) left by an earlier attach or by an exporter."""
     inferred = _inferred(model)
     table = _type_table(model, inferred)
-    # Drop functions of ours left by an earlier attach (or by an exporter).
     keep = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del model.functions[:]
     model.functions.extend(keep)
-    configs = {}
     nodes_cfgs = []
     used = {o.name for o in model.graph.output}
     for n in model.graph.node:
@@ -188,17 +208,188 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         del node.input[:]
         node.input.extend(ins)
         cfg = node_config(node, table)
-        node.overload = cfg.id
-        configs.setdefault(cfg.id, cfg)
+        # Every attribute explicit (the documented defaults): the shared fallback function
+        # declares the same defaults, but a runtime need not rely on that.
+        have = {a.name for a in node.attribute}
+        for name, default in ATTRIBUTE_DEFAULTS.items():
+            if name not in have:
+                node.attribute.append(helper.make_attribute(name, default))
+        node.overload = ""
         nodes_cfgs.append((node, cfg))
     _annotate_outputs(model, nodes_cfgs, inferred)
-    for cfg in configs.values():
-        model.functions.append(build_function(cfg, opset))
-    if configs:
-        if not any(i.domain == DOMAIN for i in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return nodes_cfgs
+
+
+def _drop_guard_import(model: onnx.ModelProto) -> None:
+    imports = [i for i in model.opset_import if i.domain != GUARD_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In place (and returned): add one fallback function per node signature (shared by nodes
+    that differ only in attributes); with several signatures, each node's ``overload`` names its
+    signature and the guards are added.  Sets the com.maskedmha opset import and the lowest IR
+    version the file needs (9, or 10 for overloads or other IR-10 content)."""
+    opset = _default_opset(model)
+    nodes_cfgs = _prepare(model)
+    _drop_guard_import(model)
+    sigs = {}
+    for _, cfg in nodes_cfgs:
+        sigs.setdefault(cfg.signature.id, cfg.signature)
+    overloads = len(sigs) > 1
+    if overloads:
+        for node, cfg in nodes_cfgs:
+            node.overload = cfg.signature.id
+        model.functions.append(build_guard(opset, GUARD_OVERLOADS[0]))
+    for sig_id, sig in sigs.items():
+        model.functions.append(build_function(sig, opset, sig_id if overloads else None))
+    if overloads:
+        model.functions.append(build_guard(opset, GUARD_OVERLOADS[1]))
+        model.opset_import.append(helper.make_opsetid(GUARD_DOMAIN, 1))
+    if sigs and not any(i.domain == DOMAIN for i in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    if (model.ir_version <= 10 and _opset_ir_version(model) <= 9
+            and _needs_ir10(model) and not _needs_ir10(model, ignore_metadata=True)):
+        # Only the exporter's metadata_props keep this file at IR 10: dropping them lets ORT
+        # 1.17 run it (the numbers do not depend on them).
+        drop_ir10_metadata(model)
+    model.ir_version = lowest_ir_version(model)
+    return model
+
+
+def specialise_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In place (and returned), for ``maskedmha.decompose``: one function per distinct node
+    configuration, specialised to its attribute values, each node's ``overload`` naming its
+    configuration (for onnx.inliner, which honours overloads; the result is meant to be inlined
+    at once, not run)."""
+    opset = _default_opset(model)
+    nodes_cfgs = _prepare(model)
+    _drop_guard_import(model)
+    configs = {}
+    for node, cfg in nodes_cfgs:
+        node.overload = cfg.id
+        configs.setdefault(cfg.id, cfg)
+    for cfg_id, cfg in configs.items():
+        model.functions.append(build_function(cfg, opset, cfg_id))
+    if configs and not any(i.domain == DOMAIN for i in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     model.ir_version = max(model.ir_version, 10)
     return model
 
 
-__all__ = ["attach_functions", "node_config", "mha_nodes", "ATTRIBUTES"]
+# Element types that need IR >= 10 (UINT4, INT4 and every later addition).
+_FIRST_IR10_ELEM_TYPE = TensorProto.UINT4
+
+
+def _needs_ir10(model: onnx.ModelProto, ignore_metadata: bool = False) -> str | None:
+    """What in ``model`` needs IR >= 10 (IR 10 added node/function ``overload``, UINT4/INT4 and
+    ``metadata_props`` on nodes, graphs, functions and values), or None.  ``ignore_metadata``:
+    leave ``metadata_props`` out of the question."""
+    def type_needs(tp) -> bool:
+        while tp is not None:
+            kind = tp.WhichOneof("value")
+            if kind in ("tensor_type", "sparse_tensor_type"):
+                return getattr(tp, kind).elem_type >= _FIRST_IR10_ELEM_TYPE
+            if kind in ("sequence_type", "optional_type"):
+                tp = getattr(tp, kind).elem_type
+            elif kind == "map_type":
+                tp = tp.map_type.value_type
+            else:
+                return False
+        return False
+
+    def graph_needs(g) -> str | None:
+        if g.metadata_props and not ignore_metadata:
+            return "graph metadata_props"
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            if vi.metadata_props and not ignore_metadata:
+                return f"metadata_props of value {vi.name!r}"
+            if type_needs(vi.type):
+                return f"the element type of {vi.name!r}"
+        for t in list(g.initializer) + [s.values for s in g.sparse_initializer]:
+            if t.data_type >= _FIRST_IR10_ELEM_TYPE or (t.metadata_props
+                                                        and not ignore_metadata):
+                return f"initializer {t.name!r}"
+        return nodes_need(g.node)
+
+    def nodes_need(nodes) -> str | None:
+        for n in nodes:
+            if n.overload:
+                return f"the overload of node {n.name!r}"
+            if n.metadata_props and not ignore_metadata:
+                return f"metadata_props of node {n.name!r} (e.g. written by torch.onnx dynamo)"
+            for a in n.attribute:
+                if a.HasField("t") and a.t.data_type >= _FIRST_IR10_ELEM_TYPE:
+                    return f"a tensor attribute of node {n.name!r}"
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    why = graph_needs(sub)
+                    if why:
+                        return why
+        return None
+
+    why = graph_needs(model.graph)
+    if why:
+        return why
+    for f in model.functions:
+        if f.overload:
+            return f"the overload of function {f.domain}::{f.name}"
+        if not ignore_metadata and (f.metadata_props or any(v.metadata_props
+                                                           for v in f.value_info)):
+            return f"metadata_props of function {f.domain}::{f.name}"
+        why = nodes_need(f.node)
+        if why:
+            return why
+    return None
+
+
+def _opset_ir_version(model: onnx.ModelProto) -> int:
+    """The lowest IR version (>= 9) that the default-domain / ai.onnx.ml opsets allow."""
+    std = [i for i in model.opset_import if i.domain in ("", "ai.onnx", "ai.onnx.ml")]
+    return max(9, helper.find_min_ir_version_for(std, ignore_unknown=True) if std else 9)
+
+
+def drop_ir10_metadata(m: onnx.ModelProto) -> None:
+    """Clear ``metadata_props`` of nodes, graphs, values, initializers and functions: IR 10 added
+    them, and torch.onnx's dynamo exporter fills them (module names, stack traces), which alone
+    would keep a file at IR 10, which ORT 1.17 does not read (measured).  The model's own
+    ``metadata_props`` (IR 1) stay."""
+    def graph(g):
+        g.ClearField("metadata_props")
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            vi.ClearField("metadata_props")
+        for t in g.initializer:
+            t.ClearField("metadata_props")
+        nodes(g.node)
+
+    def nodes(ns):
+        for n in ns:
+            n.ClearField("metadata_props")
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    graph(sub)
+
+    graph(m.graph)
+    for f in m.functions:
+        f.ClearField("metadata_props")
+        for vi in f.value_info:
+            vi.ClearField("metadata_props")
+        nodes(f.node)
+
+
+
+def lowest_ir_version(model: onnx.ModelProto) -> int:
+    """The IR version to write: 9 (ORT 1.17 reads IR <= 9; IR 9 has model-local functions with
+    attribute defaults), raised to what the default-domain / ai.onnx.ml opsets need (opset 21+
+    needs IR 10) and to 10 when the file uses an IR-10 feature.  A model already above IR 10
+    keeps its version: its newer features are not vetted here."""
+    if model.ir_version > 10:
+        return model.ir_version
+    ir = _opset_ir_version(model)
+    if ir < 10 and _needs_ir10(model):
+        ir = 10
+    return ir
+
+
+__all__ = ["attach_functions", "specialise_functions", "lowest_ir_version", "drop_ir10_metadata",
+           "node_config", "mha_nodes", "ATTRIBUTES"]

@@ -1,10 +1,31 @@
-"""The standard-op fallback of ``com.maskedmha::MaskedMHA``: one ``FunctionProto`` per
-configuration (the node's ``overload``), its body the decomposition of docs/MaskedMHA.md.
+"""The standard-op fallback of ``com.maskedmha::MaskedMHA``: model-local ``FunctionProto``s whose
+bodies are the decomposition of docs/MaskedMHA.md.
 
-Shapes stay dynamic: B, L, S, E come from ``Shape`` at run time (Reshape uses 0/-1 codes);
-only H (part of the configuration) is a constant.  Default-domain opsets 17..25 are supported (tested with ORT 1.32)
-(ReduceMean/ReduceMax take ``axes`` as an attribute before 18 and as an input from 18; Split
-takes ``num_outputs`` from 18).
+Two kinds of body come out of one builder:
+
+- ``build_function(Signature, opset)``: the body carried in exported files.  It reads the five
+  attributes (num_heads, is_causal, add_zero_attn, fully_masked_row, average_attn_weights) from
+  the calling node through attribute references (``AttributeProto.ref_attr_name``), so every
+  node with the same *input/output signature* shares ONE function that is right for each of
+  them.  This matters because ONNX Runtime 1.19.2 .. 1.26.0 ignore the ``overload`` field and
+  inline the LAST function of ``model.functions`` with the node's (domain, name) for every node
+  (measured: with per-configuration functions for 4 and 2 heads both nodes ran the last one's
+  head count).  What cannot be an attribute (which optional inputs are present, the element type
+  of each mask, whether attn_weights is an output) is the Signature; a file with several
+  signatures is handled in attach.py (overloads plus guard functions).
+- ``build_function(Config, opset)``: a body specialised to one node's attribute values, used by
+  ``maskedmha.decompose`` (which inlines one per node, so nothing is shared): fewer ops, no
+  run-time branching on attributes.
+
+Attribute references, function attribute defaults (``attribute_proto``, IR >= 9) and string
+``Unique`` were measured to work on ORT 1.17.3, 1.19.2, 1.20.1, 1.24.4, 1.26.0, 1.27.0 and 1.32.0.
+fully_masked_row is a string: string ``Equal`` exists only from opset 19 and ``StringNormalizer``
+fails at session creation on ORT <= 1.26 on machines without the en_US.UTF-8 locale (measured),
+so ``"nan"`` is recognised by ``Unique(Concat([value, "nan"]))`` having one element.
+
+Shapes stay dynamic: B, L, S, E come from ``Shape`` at run time.  Default-domain opsets 17..25
+are supported (ReduceMean/ReduceMax take ``axes`` as an attribute before 18 and as an input from
+18; Split takes ``num_outputs`` from 18).
 """
 from __future__ import annotations
 
@@ -12,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .mha_call import INPUT_NAMES
 
@@ -20,12 +41,54 @@ DOMAIN = "com.maskedmha"
 OP_TYPE = "MaskedMHA"
 ATTRIBUTES = ("num_heads", "is_causal", "add_zero_attn", "fully_masked_row",
               "average_attn_weights")
+# Defaults of docs/MaskedMHA.md, declared in the shared function (FunctionProto.attribute_proto,
+# IR >= 9) so a node that omits one still gets the documented value; num_heads is required.
+ATTRIBUTE_DEFAULTS = {"is_causal": 0, "add_zero_attn": 0, "fully_masked_row": "zero",
+                      "average_attn_weights": 1}
 MIN_OPSET, MAX_OPSET = 17, 25
+
+# The guard (see attach.py): a function with our (domain, name) whose body calls an op nobody
+# implements, so a runtime that picks a function by (domain, name) alone fails at session
+# creation with an error naming this op instead of running another node's decomposition.
+GUARD_DOMAIN = "com.maskedmha.needs_function_overloads"
+GUARD_OP = ("MaskedMHA_fallback_of_this_file_needs_ONNX_function_overloads__"
+            "use_onnxruntime_1_27_or_later_or_register_libmaskedmha_ops_or_maskedmha_decompose")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What changes the shape of a MaskedMHA call, not just a value: which optional inputs are
+    present, each mask's element type, whether attn_weights is an output.  Nodes with equal
+    signatures share one fallback function (their attributes are read at run time)."""
+    packed: bool = True          # inputs 4/5 absent
+    in_bias: bool = True         # input 6
+    out_bias: bool = True        # input 8
+    bias_kv: bool = False        # inputs 9/10
+    kpm: str | None = None       # None, "b" (bool) or "f" (float)
+    am: str | None = None        # None, "b" or "f" (rank 2 or 3 is read at run time)
+    weights: bool = False        # second output (need_weights)
+
+    @property
+    def id(self) -> str:
+        parts = ["packed" if self.packed else "sep"]
+        if self.in_bias:
+            parts.append("ib")
+        if self.out_bias:
+            parts.append("ob")
+        if self.bias_kv:
+            parts.append("bkv")
+        if self.kpm:
+            parts.append(f"kpm_{self.kpm}")
+        if self.am:
+            parts.append(f"am_{self.am}")
+        if self.weights:
+            parts.append("w")
+        return ".".join(parts)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that changes the fallback body of one MaskedMHA node."""
+    """Everything about one MaskedMHA node that changes its decomposition."""
     num_heads: int
     packed: bool = True          # inputs 4/5 absent
     in_bias: bool = True         # input 6
@@ -37,6 +100,12 @@ class Config:
     add_zero_attn: bool = False
     nan: bool = False            # fully_masked_row == "nan"
     weights: str | None = None   # None (one output), "avg" or "all"
+
+    @property
+    def signature(self) -> Signature:
+        return Signature(packed=self.packed, in_bias=self.in_bias, out_bias=self.out_bias,
+                         bias_kv=self.bias_kv, kpm=self.kpm, am=self.am[1] if self.am else None,
+                         weights=self.weights is not None)
 
     @property
     def id(self) -> str:
@@ -87,12 +156,27 @@ class _Builder:
     def ints(self, *values):
         return self.const(list(values))
 
+    def attr(self, name, field, attr_type):
+        """A Constant whose value is the calling node's attribute ``name`` (a reference that the
+        runtime resolves when it inlines the function)."""
+        out = self.name(name)
+        node = helper.make_node("Constant", [], [out])
+        ref = AttributeProto()
+        ref.name, ref.ref_attr_name, ref.type = field, name, attr_type
+        node.attribute.append(ref)
+        self.nodes.append(node)
+        return out
+
+    def attr_flag(self, name):
+        """The int attribute ``name`` as a bool scalar (any nonzero value is true, as in the
+        kernel and in attach.node_config)."""
+        return self.op("Cast", [self.attr(name, "value_int", AttributeProto.INT)],
+                       name, to=TensorProto.BOOL)
+
     def dim(self, x, start, end=None):
         """Shape(x)[start:end] as a 1-D int64 tensor."""
         if end is None:
             end = start + 1
-        if start == -1 and end == 0:
-            return self.op("Shape", [x], "dim", start=-1)
         return self.op("Shape", [x], "dim", start=start, end=end)
 
     def transpose(self, x, perm):
@@ -118,23 +202,34 @@ def _canon(b: _Builder, mask: str, kind: str) -> str:
     return b.op("Where", [mask, ninf, zero], "canon")
 
 
-def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
-    """The FunctionProto ``com.maskedmha::MaskedMHA`` (overload ``cfg.id``) for ``cfg``, whose
-    body uses only default-domain ops of ``opset``."""
+def build_function(spec: Config | Signature, opset: int,
+                   overload: str | None = None) -> onnx.FunctionProto:
+    """The FunctionProto ``com.maskedmha::MaskedMHA`` whose body uses only default-domain ops of
+    ``opset``: for a ``Signature`` the shared body that reads the node's attributes at run time,
+    for a ``Config`` a body specialised to that node.  ``overload``: the function's overload
+    name ("" or None: none)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"maskedmha: default-domain opset {opset} is not supported "
                          f"({MIN_OPSET}..{MAX_OPSET})")
+    static = isinstance(spec, Config)
+    sig = spec.signature if static else spec
     b = _Builder(opset)
     query, key, value, w_in, w_k, w_v, b_in, w_out, b_out, bias_k, bias_v, kpm, am = INPUT_NAMES
-    H = cfg.num_heads
+
+    # num_heads as a 1-D [H]
+    if static:
+        heads_1d = b.ints(spec.num_heads)
+    else:
+        heads_1d = b.op("Unsqueeze", [b.attr("num_heads", "value_int", AttributeProto.INT),
+                                      b.ints(0)], "H")
 
     # --- input projections -------------------------------------------------------------
-    if cfg.packed:
+    if sig.packed:
         wq, wk, wv = b.split3(w_in)
     else:
         wq, wk, wv = w_in, w_k, w_v
     projected = []
-    biases = b.split3(b_in) if cfg.in_bias else (None, None, None)
+    biases = b.split3(b_in) if sig.in_bias else (None, None, None)
     for x, w, bias, hint in ((query, wq, biases[0], "q"), (key, wk, biases[1], "k"),
                              (value, wv, biases[2], "v")):
         y = b.op("MatMul", [x, b.transpose(w, (1, 0))], hint)
@@ -143,7 +238,7 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
         projected.append(y)
     q, k, v = projected                                           # (B, L|S, E)
 
-    if cfg.bias_kv:
+    if sig.bias_kv:
         shape_b1e = b.op("Concat", [b.dim(k, 0), b.ints(1), b.dim(k, 2)], axis=0)
         for name, extra in (("k", bias_k), ("v", bias_v)):
             ext = b.op("Expand", [b.op("Reshape", [extra, b.ints(1, 1, -1)]), shape_b1e])
@@ -155,15 +250,24 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
     # --- heads: q (B,H,L,D), kT (B,H,D,S'), v (B,H,S',D) --------------------------------
     # explicit sizes, not -1: Reshape cannot infer -1 when B, L or S is 0
     e_dim = b.dim(w_out, 0)
-    heads = b.op("Concat", [b.ints(0, 0, H), b.op("Div", [e_dim, b.ints(H)])], axis=0)
+    heads = b.op("Concat", [b.ints(0, 0), heads_1d, b.op("Div", [e_dim, heads_1d])], axis=0)
     q4 = b.transpose(b.op("Reshape", [q, heads]), (0, 2, 1, 3))
     kT = b.transpose(b.op("Reshape", [k, heads]), (0, 2, 3, 1))
     v4 = b.transpose(b.op("Reshape", [v, heads]), (0, 2, 1, 3))
-    if cfg.add_zero_attn:
+    # add_zero_attn: append z all-zero keys/values, z = 1 or 0 (static: the node's value;
+    # shared body: read at run time, and a Concat of a zero-length block when off)
+    zeros_1d = None
+    if static:
+        if spec.add_zero_attn:
+            zeros_1d = b.ints(1)
+    else:
+        zeros_1d = b.op("Cast", [b.op("Unsqueeze", [b.attr_flag("add_zero_attn"), b.ints(0)])],
+                        "za", to=TensorProto.INT64)
+    if zeros_1d is not None:
         zero = b.const([0.0], np.float32, "zero")
-        zk = b.op("Expand", [zero, b.op("Concat", [b.dim(kT, 0, 3), b.ints(1)], axis=0)])
+        zk = b.op("Expand", [zero, b.op("Concat", [b.dim(kT, 0, 3), zeros_1d], axis=0)])
         kT = b.op("Concat", [kT, zk], "kT", axis=3)
-        zv = b.op("Expand", [zero, b.op("Concat", [b.dim(v4, 0, 2), b.ints(1), b.dim(v4, 3)],
+        zv = b.op("Expand", [zero, b.op("Concat", [b.dim(v4, 0, 2), zeros_1d, b.dim(v4, 3)],
                                          axis=0)])
         v4 = b.op("Concat", [v4, zv], "v4", axis=2)
 
@@ -174,39 +278,70 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
 
     # --- masks (cover the S given keys; the X extra keys are padded with 0) ----------------
     mask = None
-    if cfg.am:
-        m = _canon(b, am, cfg.am[1])
-        if cfg.am[0] == "3":   # (B*H, L, S) -> (B, H, L, S)
-            m = b.op("Reshape", [m, b.op("Concat", [b.dim(query, 0), b.ints(H),
+    rank = 2
+    if sig.am:
+        m = _canon(b, am, sig.am)
+        if static and spec.am[0] == "2":
+            pass                                                      # (L, S) broadcasts
+        elif static:                                                  # (B*H, L, S) -> (B, H, L, S)
+            m = b.op("Reshape", [m, b.op("Concat", [b.dim(query, 0), heads_1d,
                                                     b.dim(am, 1, 3)], axis=0)])
+            rank = 4
+        else:
+            # rank read at run time: (L, S) -> (1, 1, L, S), (B*H, L, S) -> (B, H, L, S);
+            # allowzero: every size is explicit, and L or S may be 0
+            is3 = b.op("Equal", [b.op("Size", [b.op("Shape", [am])]), b.const(3)], "is3")
+            lead = b.op("Where", [is3, b.op("Concat", [b.dim(query, 0), heads_1d], axis=0),
+                                  b.ints(1, 1)])
+            m = b.op("Reshape", [m, b.op("Concat", [lead, b.op("Shape", [am], start=-2)],
+                                         axis=0)], allowzero=1)
+            rank = 4
         mask = m
-    if cfg.kpm:
-        m = _canon(b, kpm, cfg.kpm)
+    if sig.kpm:
+        m = _canon(b, kpm, sig.kpm)
         m = b.op("Unsqueeze", [m, b.ints(1, 2)], "kpm4")       # (B,1,1,S)
         mask = m if mask is None else b.op("Add", [mask, m], "mask")
+        rank = 4
     if mask is not None:
-        extra = int(cfg.bias_kv) + int(cfg.add_zero_attn)
-        if extra:
-            rank = 4 if (cfg.kpm or (cfg.am and cfg.am[0] == "3")) else 2
-            pads = b.ints(*([0] * (2 * rank - 1) + [extra]))
+        if static:
+            extra = int(sig.bias_kv) + int(spec.add_zero_attn)
+            extra_1d = b.ints(extra) if extra else None
+        else:
+            extra_1d = b.op("Add", [zeros_1d, b.ints(int(sig.bias_kv))], "extra")
+        if extra_1d is not None:
+            pads = b.op("Concat", [b.ints(*([0] * (2 * rank - 1))), extra_1d], axis=0)
             mask = b.op("Pad", [mask, pads, b.const(0.0, np.float32, "zero")], "mask")
-        scores = b.op("Add", [scores, mask], "scores")
-    if cfg.is_causal:
+    if not static or spec.is_causal:
         n_l = b.op("Squeeze", [b.dim(scores, 2)])
         n_s = b.op("Squeeze", [b.dim(scores, 3)])
         zero_i, one_i = b.const(0), b.const(1)
         rows = b.op("Unsqueeze", [b.op("Range", [zero_i, n_l, one_i]), b.ints(1)])
         cols = b.op("Range", [zero_i, n_s, one_i])
         hidden = b.op("Greater", [cols, rows], "causal")         # (L, S')
+        if not static:  # is_causal = 0: nothing hidden (an all-zero additive mask)
+            hidden = b.op("And", [hidden, b.attr_flag("is_causal")], "causal")
         causal = b.op("Where", [hidden, b.const(-np.inf, np.float32, "ninf"),
                                 b.const(0.0, np.float32, "zero")])
-        scores = b.op("Add", [scores, causal], "scores")
+        # folded into the (smaller) mask first: one full-size Add on the scores either way
+        mask = causal if mask is None else b.op("Add", [mask, causal], "mask")
+    if mask is not None:
+        scores = b.op("Add", [scores, mask], "scores")
 
     # --- softmax, fully masked rows ----------------------------------------------------------
     p = b.op("Softmax", [scores], "p", axis=-1)
     row_max = b.reduce("ReduceMax", scores, [-1], 1)
     dead = b.op("Equal", [row_max, b.const(-np.inf, np.float32, "ninf")], "dead")
-    fill = b.const(np.nan if cfg.nan else 0.0, np.float32, "fill")
+    if static:
+        fill = b.const(np.nan if spec.nan else 0.0, np.float32, "fill")
+    else:
+        # fully_masked_row == "nan"  <=>  Unique([value, "nan"]) has one element
+        value_1d = b.op("Unsqueeze", [b.attr("fully_masked_row", "value_string",
+                                             AttributeProto.STRING), b.ints(0)])
+        both = b.op("Concat", [value_1d, b.const(["nan"], object, "nan_s")], axis=0)
+        n_unique = b.op("Shape", [b.op("Unique", [both], "unique")])
+        is_nan = b.op("Squeeze", [b.op("Equal", [n_unique, b.ints(1)]), b.ints(0)], "is_nan")
+        fill = b.op("Where", [is_nan, b.const(np.nan, np.float32, "nan"),
+                              b.const(0.0, np.float32, "zero")], "fill")
     p = b.op("Where", [dead, fill, p], "p")
 
     # --- output ------------------------------------------------------------------------------
@@ -215,18 +350,53 @@ def build_function(cfg: Config, opset: int) -> onnx.FunctionProto:
     o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), shape_ble], "o")  # (B,L,E)
     out = b.op("MatMul", [o, b.transpose(w_out, (1, 0))], "out")
     outputs = ["output"]
-    if cfg.out_bias:
+    if sig.out_bias:
         b.nodes.append(helper.make_node("Add", [out, b_out], ["output"]))
     else:
         b.nodes.append(helper.make_node("Identity", [out], ["output"]))
-    if cfg.weights:
+    if sig.weights:
         outputs.append("attn_weights")
-        if cfg.weights == "avg":
-            w = b.reduce("ReduceMean", p, [1], 0)
-            b.nodes.append(helper.make_node("Identity", [w], ["attn_weights"]))
+        if static:
+            w = b.reduce("ReduceMean", p, [1], 0) if spec.weights == "avg" else p
         else:
-            b.nodes.append(helper.make_node("Identity", [p], ["attn_weights"]))
+            # average_attn_weights read at run time: rank 3 (B, L, S') when 1, rank 4
+            # (B, H, L, S') when 0.  Concat the mean (B,1,L,S') before the heads, Slice
+            # [0:1] or [1:1+H] along axis 1, then Reshape drops axis 1 in the averaged case.
+            avg = b.attr_flag("average_attn_weights")
+            not_avg = b.op("Cast", [b.op("Unsqueeze", [b.op("Not", [avg]), b.ints(0)])],
+                           "not_avg", to=TensorProto.INT64)              # [0] or [1]
+            both = b.op("Concat", [b.reduce("ReduceMean", p, [1], 1), p], "w", axis=1)
+            end = b.op("Add", [b.ints(1), b.op("Mul", [not_avg, heads_1d])])
+            sel = b.op("Slice", [both, not_avg, end, b.ints(1)], "w")
+            h_or_none = b.op("Slice", [heads_1d, b.ints(0), not_avg, b.ints(0)])  # [] or [H]
+            shape = b.op("Concat", [b.dim(p, 0), h_or_none, b.dim(p, 2, 4)], axis=0)
+            w = b.op("Reshape", [sel, shape], "w", allowzero=1)
+        b.nodes.append(helper.make_node("Identity", [w], ["attn_weights"]))
 
+    if static:
+        kwargs = {"attributes": list(ATTRIBUTES)}
+    else:
+        kwargs = {"attributes": ["num_heads"],
+                  "attribute_protos": [helper.make_attribute(n, v)
+                                       for n, v in ATTRIBUTE_DEFAULTS.items()]}
     return helper.make_function(
         DOMAIN, OP_TYPE, list(INPUT_NAMES), outputs, b.nodes,
-        [helper.make_opsetid("", opset)], attributes=list(ATTRIBUTES), overload=cfg.id)
+        [helper.make_opsetid("", opset)], overload=overload or "", **kwargs)
+
+
+def build_guard(opset: int, overload: str) -> onnx.FunctionProto:
+    """A ``com.maskedmha::MaskedMHA`` function (overload ``overload``, used by no node) whose body
+    is one ``GUARD_DOMAIN::GUARD_OP`` node that no runtime implements.  ORT 1.19.2 .. 1.26.0
+    (which ignore overloads and take the last same-named function) then fail at session creation
+    with "Fatal error: com.maskedmha.needs_function_overloads:<GUARD_OP>(-1) is not a registered
+    function/op"; ORT >= 1.27 (which honour overloads) never look at it (measured).  It declares
+    all 13 inputs and both outputs so that message is the one every node gets: with one output,
+    ORT 1.19-1.26 reject a two-output node earlier with a bare "Number of actual parameters
+    cannot exceed number of formal parameters" (measured)."""
+    nodes = [helper.make_node(GUARD_OP, ["query"], ["_unresolvable", "attn_weights"],
+                              domain=GUARD_DOMAIN),
+             helper.make_node("CastLike", ["_unresolvable", "query"], ["output"])]
+    return helper.make_function(
+        DOMAIN, OP_TYPE, list(INPUT_NAMES), ["output", "attn_weights"], nodes,
+        [helper.make_opsetid("", opset), helper.make_opsetid(GUARD_DOMAIN, 1)],
+        attributes=list(ATTRIBUTES), overload=overload)
