@@ -346,7 +346,10 @@ def _needs_ir10(model: onnx.ModelProto, ignore_metadata: bool = False) -> str | 
 def _opset_ir_version(model: onnx.ModelProto) -> int:
     """The lowest IR version (>= 9) that the default-domain / ai.onnx.ml opsets allow."""
     std = [i for i in model.opset_import if i.domain in ("", "ai.onnx", "ai.onnx.ml")]
-    return max(9, helper.find_min_ir_version_for(std, ignore_unknown=True) if std else 9)
+    try:
+        return max(9, helper.find_min_ir_version_for(std, ignore_unknown=True) if std else 9)
+    except ValueError:  # an opset newer than the installed onnx knows (onnx 1.17: opset 23)
+        return max(10, model.ir_version)
 
 
 def drop_ir10_metadata(m: onnx.ModelProto) -> None:

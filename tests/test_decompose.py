@@ -146,6 +146,8 @@ CONFIGS = [
 @pytest.mark.parametrize("opset", [17, 18, 20, 23, 25])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.id)
 def test_fallback_matches_reference(cfg, opset):
+    if opset > onnx.defs.onnx_opset_version():   # the onnx floor (1.17) knows opsets <= 22
+        pytest.skip(f"onnx {onnx.__version__} does not know opset {opset}")
     model = attach_functions(make_model(cfg, opset))
     # one signature: one shared function, no overload, IR 9 unless the opset needs more
     # (opset 21, 22: IR 10; 23, 24: 11; 25: 12 by onnx's version table)
