@@ -49,21 +49,24 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
 def _type_table(model: onnx.ModelProto, inferred: onnx.ModelProto) -> dict:
     """name -> (elem_type, rank or None) for every value whose type is known."""
     table = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        tt = vi.type.tensor_type
-        if tt.elem_type:
-            table[vi.name] = (tt.elem_type, len(tt.shape.dim) if tt.HasField("shape") else None)
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        tt = vi.type.tensor_type
-        if tt.elem_type and tt.HasField("shape") and table.get(vi.name, (0, None))[1] is None:
-            table[vi.name] = (tt.elem_type, len(tt.shape.dim))
-    for init in g.initializer:
-        table[init.name] = (init.data_type, len(init.dims))
-    for node in g.node:  # constants without value_info
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            t = node.attribute[0].t
-            table.setdefault(node.output[0], (t.data_type, len(t.dims)))
+    for g in _graphs(inferred.graph):   # subgraphs too: a MaskedMHA node may sit in an If body
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            tt = vi.type.tensor_type
+            if tt.elem_type:
+                table[vi.name] = (tt.elem_type,
+                                  len(tt.shape.dim) if tt.HasField("shape") else None)
+    for g in _graphs(model.graph):
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            tt = vi.type.tensor_type
+            if tt.elem_type and tt.HasField("shape") and table.get(vi.name, (0, None))[1] is None:
+                table[vi.name] = (tt.elem_type, len(tt.shape.dim))
+    for g in _graphs(inferred.graph):
+        for init in g.initializer:
+            table[init.name] = (init.data_type, len(init.dims))
+        for node in g.node:  # constants without value_info
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                t = node.attribute[0].t
+                table.setdefault(node.output[0], (t.data_type, len(t.dims)))
     return table
 
 
@@ -178,8 +181,20 @@ def node_config(node: onnx.NodeProto, table: dict) -> Config:
                   weights=weights)
 
 
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every graph nested in it (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _graphs(sub)
+
+
 def mha_nodes(model: onnx.ModelProto):
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    """The MaskedMHA nodes of the main graph and of every subgraph (If/Loop/Scan bodies): each
+    needs its fallback; a node left out would call a function of another signature."""
+    return [n for g in _graphs(model.graph) for n in g.node
+            if n.domain == DOMAIN and n.op_type == OP_TYPE]
 
 
 def _prepare(model: onnx.ModelProto):
@@ -191,12 +206,11 @@ def _prepare(model: onnx.ModelProto):
     del model.functions[:]
     model.functions.extend(keep)
     nodes_cfgs = []
-    used = {o.name for o in model.graph.output}
-    for n in model.graph.node:
-        used.update(n.input)
-        for a in n.attribute:  # names used inside subgraphs (If/Loop/Scan bodies)
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                used.update(i for sn in sub.node for i in sn.input)
+    used = set()
+    for g in _graphs(model.graph):  # names read anywhere, subgraph outputs included
+        used.update(o.name for o in g.output)
+        for n in g.node:
+            used.update(n.input)
     for node in mha_nodes(model):
         if len(node.output) > 1 and node.output[1] not in used:
             # need_weights=True but the weights are never read: keep fully_masked_row
@@ -216,7 +230,9 @@ def _prepare(model: onnx.ModelProto):
                 node.attribute.append(helper.make_attribute(name, default))
         node.overload = ""
         nodes_cfgs.append((node, cfg))
-    _annotate_outputs(model, nodes_cfgs, inferred)
+    # output shapes are written to the main graph's value_info: its own nodes only
+    top = {id(n) for n in model.graph.node}
+    _annotate_outputs(model, [(n, c) for n, c in nodes_cfgs if id(n) in top], inferred)
     return nodes_cfgs
 
 

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 import maskedmha
 from maskedmha.symbolic.attach import (GUARD_OVERLOADS, attach_functions,
-                                     lowest_ir_version)
+                                     lowest_ir_version, mha_nodes)
 from maskedmha.symbolic.fallback import DOMAIN, GUARD_OP, OP_TYPE, Config
 from maskedmha.symbolic.mha_call import INPUT_NAMES, reference
 from test_decompose import E, make_feeds, make_model
@@ -117,15 +117,16 @@ def assert_same(got, ref, what):
                                    err_msg=what)
 
 
-def right_or_refused(model, cfgs, what, shapes=((2, 4, 5), (3, 1, 7), (1, 6, 2))):
+def right_or_refused(model, cfgs, what, shapes=((2, 4, 5), (3, 1, 7), (1, 6, 2)), extra=None):
     """Run ``model``: session creation may fail (returns the error text); if it succeeds every
-    output must match the reference.  Returns None when it ran."""
+    output must match the reference.  Returns None when it ran.  ``extra``: more feeds."""
     try:
         sess = session(model)
     except Exception as e:  # noqa: BLE001 - any refusal at session creation is acceptable here
         return str(e)
     for i, (B, L, S) in enumerate(shapes):
         feeds = chain_feeds(cfgs, B, L, S, seed=i, fully_masked=(i == 0))
+        feeds.update(extra or {})
         assert_same(sess.run(None, feeds), chain_reference(cfgs, feeds), f"{what} {B, L, S}")
     return None
 
@@ -141,7 +142,7 @@ def as_if_overloads_ignored(model, pick):
     others = [f for f in m.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del m.functions[:]
     m.functions.extend(others + [chosen])
-    for n in m.graph.node:
+    for n in mha_nodes(m):
         n.overload = ""
     m.ir_version = lowest_ir_version(m)       # 9: ORT 1.17 reads the copy too
     return m
@@ -276,3 +277,48 @@ def test_decompose_accepts_a_path_or_bytes(tmp_path):
         assert right_or_refused(dec, cfgs, f"decompose({type(source).__name__})") is None
     with pytest.raises(TypeError, match="ModelProto, a path or bytes"):
         maskedmha.decompose(42)
+
+
+def in_if_body(cfgs) -> onnx.ModelProto:
+    """``chain(cfgs)`` with the last node moved into both branches of an If (input ``cond``),
+    as the torchscript exporter writes a MaskedMHA inside control flow."""
+    model = chain(cfgs)
+    inner = model.graph.node[-1]
+    del model.graph.node[-1]
+    branches = []
+    for tag in ("then", "else"):
+        node = copy.deepcopy(inner)
+        node.output[:] = [f"{tag}_{o}" for o in inner.output]
+        branches.append(helper.make_graph([node], tag, [], [
+            helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output]))
+    model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    model.graph.node.append(helper.make_node("If", ["cond"], list(inner.output),
+                                             then_branch=branches[0], else_branch=branches[1]))
+    return model
+
+
+@pytest.mark.parametrize("name,cfgs", [
+    ("same_signature", [Config(num_heads=4, kpm="b"), Config(num_heads=2, kpm="b")]),
+    ("no_kpm_inside", [Config(num_heads=4, kpm="b"), Config(num_heads=2)]),
+    ("weights_inside", [Config(num_heads=4, kpm="b"), Config(num_heads=4, kpm="b",
+                                                               weights="avg")]),
+])
+def test_nodes_inside_an_if_body_get_their_fallback(name, cfgs):
+    """A node in a subgraph counts like any other: before, attach skipped it (it called the main
+    graph's function whatever its signature) and decompose() failed on it."""
+    model = attach_functions(in_if_body(cfgs))
+    several = cfgs[0].signature != cfgs[1].signature
+    assert len([f for f in model.functions if f.domain == DOMAIN]) == (4 if several else 1)
+    onnx.checker.check_model(model, full_check=True)
+    for cond in (True, False):
+        extra = {"cond": np.array(cond)}
+        refusal = right_or_refused(model, cfgs, f"{name} {cond}", extra=extra)
+        if refusal is not None:
+            assert several and not HONOURS_OVERLOADS, refusal
+        for pick in ("last", "first"):
+            refusal = right_or_refused(as_if_overloads_ignored(model, pick), cfgs,
+                                       f"{name} {cond} {pick}", extra=extra)
+            assert (refusal is not None and GUARD_OP in refusal) == several, refusal
+        dec = maskedmha.decompose(model)
+        assert dec.ir_version == 9 and not dec.functions
+        assert right_or_refused(dec, cfgs, f"{name} {cond} decomposed", extra=extra) is None

@@ -6,8 +6,8 @@ import os
 import onnx
 import onnx.inliner
 
-from maskedmha.symbolic.attach import (drop_ir10_metadata, lowest_ir_version, mha_nodes,
-                                      specialise_functions)
+from maskedmha.symbolic.attach import (_graphs, drop_ir10_metadata, lowest_ir_version,
+                                      mha_nodes, specialise_functions)
 from maskedmha.symbolic.fallback import DOMAIN, GUARD_DOMAIN, OP_TYPE
 
 
@@ -36,7 +36,8 @@ def decompose(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelP
     keep = [f for f in m.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del m.functions[:]
     m.functions.extend(keep)
-    used = {n.domain for n in m.graph.node} | {n.domain for f in m.functions for n in f.node}
+    used = ({n.domain for g in _graphs(m.graph) for n in g.node}
+            | {n.domain for f in m.functions for n in f.node})
     imports = [i for i in m.opset_import
                if i.domain not in (DOMAIN, GUARD_DOMAIN) or i.domain in used]
     del m.opset_import[:]
