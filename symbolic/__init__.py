@@ -5,8 +5,10 @@
 - ``patching``: the context manager that routes MHA calls to the op during export.
 - ``torchscript`` / ``dynamo``: the op for each exporter (autograd.Function symbolic;
   torch.library custom op + onnxscript translation).
-- ``fallback``: the standard-op FunctionProto of a configuration; ``attach``: sets each node's
-  overload and adds the functions after export.
+- ``schema``: the op's name, inputs and attributes (imports nothing).
+- ``fallback``: the standard-op FunctionProto bodies; ``attach``: after export, gives the nodes
+  their fallback functions (one per input/output signature, guards where overloads are needed).
+
+Only ``mha_call``, ``patching``, ``torchscript`` and ``dynamo`` import torch; nothing is imported
+here, so ``schema``, ``fallback`` and ``attach`` serve a runtime-only install.
 """
-from .attach import attach_functions  # noqa: F401
-from .fallback import Config, build_function  # noqa: F401

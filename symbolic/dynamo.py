@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from .mha_call import OpCall, reference, weights_shape
+from .schema import DOMAIN, OPSET_VERSION
 
-_opset = onnxscript.values.Opset(domain="com.maskedmha", version=1)
+_opset = onnxscript.values.Opset(domain=DOMAIN, version=OPSET_VERSION)
 
 
 @torch.library.custom_op("maskedmha::masked_mha", mutates_args=())

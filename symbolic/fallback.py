@@ -35,16 +35,10 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from .mha_call import INPUT_NAMES
+# ATTRIBUTE_DEFAULTS are declared in the shared function (FunctionProto.attribute_proto, IR >= 9)
+# so a node that omits one still gets the documented value.
+from .schema import ATTRIBUTE_DEFAULTS, ATTRIBUTES, DOMAIN, INPUT_NAMES, OP_TYPE
 
-DOMAIN = "com.maskedmha"
-OP_TYPE = "MaskedMHA"
-ATTRIBUTES = ("num_heads", "is_causal", "add_zero_attn", "fully_masked_row",
-              "average_attn_weights")
-# Defaults of docs/MaskedMHA.md, declared in the shared function (FunctionProto.attribute_proto,
-# IR >= 9) so a node that omits one still gets the documented value; num_heads is required.
-ATTRIBUTE_DEFAULTS = {"is_causal": 0, "add_zero_attn": 0, "fully_masked_row": "zero",
-                      "average_attn_weights": 1}
 MIN_OPSET, MAX_OPSET = 17, 25
 
 # The guard (see attach.py): a function with our (domain, name) whose body calls an op nobody

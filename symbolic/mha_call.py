@@ -13,11 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-# Order of the op's 13 inputs (docs/MaskedMHA.md).
-INPUT_NAMES = (
-    "query", "key", "value", "in_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
-    "out_proj_weight", "out_proj_bias", "bias_k", "bias_v", "key_padding_mask", "attn_mask",
-)
+from .schema import INPUT_NAMES  # noqa: F401 - re-exported: the op's inputs, in order
 
 
 @dataclass

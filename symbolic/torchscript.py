@@ -14,8 +14,8 @@ import torch
 from onnx import TensorProto, helper
 
 from .mha_call import INPUT_NAMES, OpCall, reference
+from .schema import DOMAIN, OP_TYPE
 
-DOMAIN, OP_TYPE = "com.maskedmha", "MaskedMHA"
 # Temporary node attribute: "elem:rank" per op input ("" for absent or unrecorded ones),
 # ";"-separated.
 TRACED_TYPES = "maskedmha_traced_types"

@@ -302,7 +302,7 @@ def test_info_flags_overloads_without_guards_and_broken_overloads(capsys, tmp_pa
     """Files written before the guards (one function per configuration, told apart by overload
     alone) run the wrong body on ORT 1.19-1.26: info must say so; a node naming an overload no
     function has is reported as broken.  Derived from the file, not from how it was made."""
-    from maskedmha.info import GUARD_DOMAIN
+    from maskedmha.symbolic.fallback import GUARD_DOMAIN
     m = _two_signature_model()
     keep = [f for f in m.functions if not any(n.domain == GUARD_DOMAIN for n in f.node)]
     del m.functions[:]
@@ -319,14 +319,6 @@ def test_info_flags_overloads_without_guards_and_broken_overloads(capsys, tmp_pa
     assert "broken: node 'first' names overload 'nonexistent'" in capsys.readouterr().out
 
 
-def test_info_restates_symbolic_constants():
-    """info.py cannot import maskedmha.symbolic (torch); what it restates must stay equal."""
-    from maskedmha import info
-    from maskedmha.symbolic import fallback, mha_call
-    assert info.INPUT_NAMES == tuple(mha_call.INPUT_NAMES)
-    assert info.GUARD_DOMAIN == fallback.GUARD_DOMAIN
-    assert {k: v for k, v in info.ATTRIBUTE_DEFAULTS.items() if k != "num_heads"} == fallback.ATTRIBUTE_DEFAULTS
-    assert tuple(info.ATTRIBUTE_DEFAULTS) == tuple(fallback.ATTRIBUTES)
 
 
 def test_info_and_doctor_never_import_torch(files):

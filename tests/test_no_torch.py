@@ -44,16 +44,38 @@ def test_import_sessions_fused_and_fallback_without_torch(venv, model, tmp_path)
     assert "OK" in run_child(venv, tmp_path, model, feeds(), ["run"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "maskedmha.symbolic imports torch: symbolic/fallback.py takes INPUT_NAMES from "
-    "symbolic/mha_call.py, which imports torch at module level; decompose and compare need "
-    "symbolic/fallback.py; remove this marker once INPUT_NAMES lives in a torch-free module"))
 def test_decompose_and_compare_without_torch(venv, model, tmp_path):
     assert "OK" in run_child(venv, tmp_path, model, feeds(), ["decompose"])
     proc = subprocess.run([str(venv / "bin" / "maskedmha"), "compare", str(tmp_path / "model.onnx"),
                            "--runs", "2"], capture_output=True, text=True, env=compiler_free_env(venv))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "speed-up of fused over decomposed" in proc.stdout
+
+
+def test_info_doctor_attach_and_optimize_without_torch(venv, model, tmp_path):
+    src = tmp_path / "model.onnx"
+    src.write_bytes(model.SerializeToString())
+    bare = tmp_path / "bare.onnx"
+    m = type(model)()
+    m.CopyFrom(model)
+    del m.functions[:]
+    bare.write_bytes(m.SerializeToString())
+    exe = str(venv / "bin" / "maskedmha")
+    for args in (["info", str(src)], ["doctor"], ["attach", str(bare), str(tmp_path / "a.onnx")],
+                 ["optimize", str(src), str(tmp_path / "o.onnx")]):
+        proc = subprocess.run([exe, *args], capture_output=True, text=True,
+                              env=compiler_free_env(venv))
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+    # attach's output runs on stock ORT (no library) in the torch-free venv.
+    import numpy as np
+    np.savez(tmp_path / "feeds.npz", **feeds())
+    code = ("import sys, numpy as np, onnxruntime as ort; "
+            f"s = ort.InferenceSession({str(tmp_path / 'a.onnx')!r}, providers=['CPUExecutionProvider']); "
+            f"s.run(None, dict(np.load({str(tmp_path / 'feeds.npz')!r}))); "
+            "assert 'torch' not in sys.modules; print('OK')")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                          env=compiler_free_env(venv))
+    assert "OK" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_demo_without_torch_names_the_extra(venv):

@@ -11,9 +11,7 @@ import importlib
 import sys
 import types
 
-DOMAIN = "com.maskedmha"
-OP_TYPE = "MaskedMHA"
-OPSET_VERSION = 1
+from .symbolic.schema import DOMAIN, OP_TYPE, OPSET_VERSION  # noqa: E402
 
 from ._library import LibraryNotFoundError, get_library_path  # noqa: E402
 from .session import InferenceSession, LibraryLoadError, session_options  # noqa: E402

@@ -2,9 +2,8 @@
 
 User errors (a bad file, a wrong option value) are one line on stderr starting with
 "maskedmha: " and exit status 2; a runtime failure (the library cannot load, ORT refuses or fails
-a graph) is one line and exit status 1.  Only `demo` needs torch by design; `info` and `doctor`
-never import it; compare/optimize/attach use maskedmha.symbolic, which still imports torch
-through symbolic/mha_call.py (tests/test_no_torch.py's xfail)."""
+a graph) is one line and exit status 1.  Only `demo` needs torch (tests/test_no_torch.py runs the
+others in a venv without it)."""
 from __future__ import annotations
 
 import argparse
@@ -181,7 +180,7 @@ def _doctor(args) -> int:
 
 
 def _optimize(args) -> int:
-    from .modelfile import load_model, mha_nodes
+    from .modelfile import DOMAIN, load_model, mha_nodes
     from .optimize import optimize
 
     before = load_model(args.input)
@@ -190,7 +189,7 @@ def _optimize(args) -> int:
         after = optimize(before, args.output, level=args.level)
     except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph, library errors: one line
         raise _RuntimeFailure(f"optimizing {args.input} failed: {' '.join(str(exc).split())[:500]}") from None
-    fallback = sum(1 for f in after.functions if f.domain == "com.maskedmha")
+    fallback = sum(1 for f in after.functions if f.domain == DOMAIN)
     print(f"wrote {args.output}: {len(before.graph.node)} -> {len(after.graph.node)} nodes "
           f"(level {args.level}), {len(mha_nodes(after))} MaskedMHA nodes, {fallback} fallback "
           f"function(s) attached, IR {after.ir_version}")
@@ -207,11 +206,8 @@ def _attach(args) -> int:
     _check_output_path(args.output)
     ours = lambda m: [f for f in m.functions if f.domain == DOMAIN and f.name == OP_TYPE]  # noqa: E731
     had = len(ours(model))
-    try:
-        from maskedmha.symbolic.attach import attach_functions
-    except ModuleNotFoundError as exc:  # maskedmha.symbolic imports torch (symbolic/mha_call.py)
-        from . import EXPORT_EXTRA_HINT
-        raise _RuntimeFailure(f"attach needs {exc.name}, which is not installed: {EXPORT_EXTRA_HINT}") from None
+    from maskedmha.symbolic.attach import attach_functions
+
     try:
         attach_functions(model)
     except ValueError as exc:  # the file's nodes cannot be typed or are malformed

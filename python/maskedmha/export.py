@@ -15,6 +15,7 @@ import torch
 
 from maskedmha.symbolic.attach import attach_functions
 from maskedmha.symbolic.patching import patched
+from maskedmha.symbolic.schema import DOMAIN, OPSET_VERSION
 
 EXPORTERS = ("dynamo", "torchscript")
 
@@ -212,7 +213,7 @@ def _export_torchscript(model, args, kwargs, names, output_names, dynamic_axes, 
         torch.onnx.export(model, args, buf, kwargs=kwargs or None, input_names=names,
                           output_names=output_names, dynamic_axes=dynamic_axes,
                           opset_version=opset_version, dynamo=False,
-                          custom_opsets={"com.maskedmha": 1}, do_constant_folding=True)
+                          custom_opsets={DOMAIN: OPSET_VERSION}, do_constant_folding=True)
     from maskedmha.symbolic.torchscript import record_traced_types
     # The masks' types and ranks as traced, for attach (ONNX inference can lose them).
     return record_traced_types(onnx.load_from_string(buf.getvalue()))

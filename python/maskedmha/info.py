@@ -1,7 +1,7 @@
 """`maskedmha info MODEL.onnx`: what a file holds (IR version, opsets, each MaskedMHA node's
 configuration, its fallback functions) and which ONNX Runtime releases will run it, with and
-without the library.  Torch-free: it reads the file with onnx alone (maskedmha.symbolic imports
-torch, so the little it needs from there is restated here and checked by tests/test_cli_info.py).
+without the library.  Torch-free: it reads the file with onnx alone (and the op's schema and
+fallback constants from maskedmha.symbolic, which import no torch).
 
 The runtime statements come from measurements recorded in symbolic/attach.py and
 symbolic/fallback.py (ORT 1.17.3 ... 1.32.0):
@@ -24,18 +24,13 @@ import sys
 import onnx
 from onnx import helper
 
+from maskedmha.symbolic.fallback import GUARD_DOMAIN
+from maskedmha.symbolic.schema import ATTRIBUTE_DEFAULTS as _DEFAULTS, ATTRIBUTES, INPUT_NAMES
+
 from .modelfile import DOMAIN, OP_TYPE, mha_nodes, type_table, type_text
 
-# symbolic/mha_call.py INPUT_NAMES (the op's 13 inputs, docs/MaskedMHA.md).
-INPUT_NAMES = (
-    "query", "key", "value", "in_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
-    "out_proj_weight", "out_proj_bias", "bias_k", "bias_v", "key_padding_mask", "attn_mask",
-)
-# symbolic/fallback.py ATTRIBUTE_DEFAULTS plus the required num_heads, in the op's order.
-ATTRIBUTE_DEFAULTS = {"num_heads": None, "is_causal": 0, "add_zero_attn": 0,
-                      "fully_masked_row": "zero", "average_attn_weights": 1}
-# symbolic/fallback.py GUARD_DOMAIN: the body of a guard function calls an op of this domain.
-GUARD_DOMAIN = "com.maskedmha.needs_function_overloads"
+# Every attribute in the op's order with its default (None: required, num_heads).
+ATTRIBUTE_DEFAULTS = {name: _DEFAULTS.get(name) for name in ATTRIBUTES}
 
 LIBRARY_MIN_ORT = "1.17"       # the C API version RegisterCustomOps negotiates from (ops/ort_api.h)
 OVERLOADS_MIN_ORT = "1.27"     # first ORT that honours FunctionProto/NodeProto.overload

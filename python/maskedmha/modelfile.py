@@ -9,8 +9,7 @@ import os
 
 import onnx
 
-DOMAIN = "com.maskedmha"
-OP_TYPE = "MaskedMHA"
+from maskedmha.symbolic.schema import DOMAIN, OP_TYPE
 
 
 class UsageError(ValueError):
@@ -45,9 +44,9 @@ def load_model(path: str, load_external_data: bool = True) -> onnx.ModelProto:
 
 
 def mha_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The MaskedMHA nodes of the main graph (what the exporter writes; same test as
-    symbolic/attach.py's ``mha_nodes``, which this module cannot import: symbolic imports torch)."""
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    """The MaskedMHA nodes of the main graph (what the exporter writes)."""
+    from maskedmha.symbolic.attach import mha_nodes as main_graph_nodes
+    return main_graph_nodes(model)
 
 
 def require_mha_nodes(model: onnx.ModelProto, path: str, command: str) -> None:

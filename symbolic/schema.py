@@ -1,0 +1,24 @@
+"""The contract of ``com.maskedmha::MaskedMHA`` version 1 (docs/MaskedMHA.md), written once: every
+module that names the op, its inputs or its attributes takes them from here.
+
+Imports nothing, so the runtime-only parts of the package (sessions, decompose, info, compare)
+can use it without torch or onnx.  The C++ side keeps its own copy in ops/validate.h (input
+indices, messages) and ops/masked_mha_op.cc (attribute names): tests/test_kernel.py checks the
+two agree by running every input and attribute through the kernel."""
+
+DOMAIN = "com.maskedmha"
+OP_TYPE = "MaskedMHA"
+OPSET_VERSION = 1
+
+# The 13 inputs, in order; optional ones may be omitted or given as the empty name.
+INPUT_NAMES = (
+    "query", "key", "value", "in_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
+    "out_proj_weight", "out_proj_bias", "bias_k", "bias_v", "key_padding_mask", "attn_mask",
+)
+OUTPUT_NAMES = ("output", "attn_weights")
+
+ATTRIBUTES = ("num_heads", "is_causal", "add_zero_attn", "fully_masked_row",
+              "average_attn_weights")
+# The documented defaults; num_heads has none (required).
+ATTRIBUTE_DEFAULTS = {"is_causal": 0, "add_zero_attn": 0, "fully_masked_row": "zero",
+                      "average_attn_weights": 1}
