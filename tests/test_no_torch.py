@@ -99,7 +99,7 @@ def test_export_and_decompose_stay_functions_after_their_modules_are_imported():
     import importlib
 
     import maskedmha
-    for name in ("export", "decompose"):
+    for name in ("export", "decompose", "optimize"):
         importlib.import_module(f"maskedmha.{name}")
         assert not isinstance(getattr(maskedmha, name), types.ModuleType), name
         assert callable(getattr(maskedmha, name)), name

@@ -7,7 +7,6 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from maskedmha.optimize import optimize
 from mha_cases import (EXPORT_SHAPE, OTHER_SHAPES, Case, assert_matches, build_module, export_case,
                        feeds, make_inputs, reference)
 
@@ -33,7 +32,7 @@ def test_optimized_file_runs_with_and_without_the_library(level, tmp_path):
         ort.InferenceSession(str(tmp_path / "ort.onnx"), providers=["CPUExecutionProvider"])
 
     out = str(tmp_path / "opt.onnx")
-    model = optimize(path, out, level=level)
+    model = maskedmha.optimize(path, out, level=level)
     assert sum(n.domain == maskedmha.DOMAIN for n in model.graph.node) == 1
     assert [f for f in onnx.load(out).functions if f.domain == maskedmha.DOMAIN]
     module = build_module(CASE)
@@ -49,4 +48,4 @@ def test_optimized_file_runs_with_and_without_the_library(level, tmp_path):
 def test_unknown_level_is_refused(tmp_path):
     path = export_case(CASE, str(tmp_path / "m.onnx"))
     with pytest.raises(ValueError, match="level 'all'"):
-        optimize(path, str(tmp_path / "o.onnx"), level="all")
+        maskedmha.optimize(path, str(tmp_path / "o.onnx"), level="all")

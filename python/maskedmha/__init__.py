@@ -46,14 +46,21 @@ def decompose(model):
     return _call("decompose", model)
 
 
+def optimize(model_in, model_out, level="extended"):
+    """Save an ONNX Runtime-optimized copy of ``model_in`` that keeps its fallback (runs without
+    the library too).  Arguments and return value: ``maskedmha.optimize.optimize``."""
+    return _call("optimize", model_in, model_out, level=level)
+
+
 class _Package(types.ModuleType):
     """Importing a submodule binds it as an attribute of its package (``maskedmha.export`` would
     become the module ``export.py`` the first time anything imports it); the eager imports this
-    package used to do hid that.  Keep the public functions ``export`` and ``decompose`` instead:
+    package used to do hid that.  Keep the public functions ``export``, ``decompose`` and
+    ``optimize`` instead:
     the submodules stay reachable through ``sys.modules`` / ``from maskedmha.export import ...``."""
 
     def __setattr__(self, name, value):
-        if name in ("export", "decompose") and isinstance(value, types.ModuleType):
+        if name in ("export", "decompose", "optimize") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
@@ -62,6 +69,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "DOMAIN", "OP_TYPE", "OPSET_VERSION", "get_library_path", "session_options",
-    "InferenceSession", "export", "decompose", "LibraryNotFoundError", "LibraryLoadError",
+    "InferenceSession", "export", "decompose", "optimize", "LibraryNotFoundError",
+    "LibraryLoadError",
 ]
 __version__ = "0.1.0"
