@@ -33,6 +33,9 @@ for v in releases:
         cells = [m[mode]["status"] for m in row["models"]]
         n = len(cells)
         parts = [f"{cells.count(s)}/{n} {s}" for s in ("ok", "refused", "wrong", "crash", "error") if cells.count(s)]
+        bare = sum("fallback=False" in m[mode]["detail"] for m in row["models"] if m[mode]["status"] == "ok")
+        if bare:
+            parts[0] += f" ({bare} as the IR-9 fallback=False export)"
         return ", ".join(parts)
     print(f"| {row['onnxruntime']} | {row['library']['status']} | {col('fused')} | {col('fallback')} | {col('decompose')} |")
     bad |= bool(problems(row))

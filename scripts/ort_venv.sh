@@ -17,6 +17,10 @@ PY=${PYTHON:-python3}
 
 if [ -x "$venv/bin/python" ] && \
    "$venv/bin/python" -c "import onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$ver')" 2>/dev/null; then
+  # Reused: only bring its copy of the library up to date with the source (the build tree is
+  # shared with .venv's, so this rebuilds nothing that build already did).
+  "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps --no-build-isolation -e . \
+    2>&1 | grep -v "^WARNING: Location" >&2 || true
   echo "$venv"; exit 0
 fi
 start=$(date +%s)

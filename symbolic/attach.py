@@ -242,16 +242,21 @@ def _drop_guard_import(model: onnx.ModelProto) -> None:
     model.opset_import.extend(imports)
 
 
-def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+def attach_functions(model: onnx.ModelProto, fallback: bool = True) -> onnx.ModelProto:
     """In place (and returned): add one fallback function per node signature (shared by nodes
     that differ only in attributes); with several signatures, each node's ``overload`` names its
     signature and the guards are added.  Sets the com.maskedmha opset import and the lowest IR
-    version the file needs (9, or 10 for overloads or other IR-10 content)."""
+    version the file needs (9, or 10 for overloads or other IR-10 content).
+
+    ``fallback=False`` normalises the nodes but adds no function: the file then runs only where
+    the library is registered (a stock ORT refuses it at session creation: no kernel, no
+    function) and needs no IR-10 overloads, so ORT 1.17-1.18, which read IR <= 9 only, run it
+    with the library even when its nodes have several signatures."""
     opset = _default_opset(model)
     nodes_cfgs = _prepare(model)
     _drop_guard_import(model)
     sigs = {}
-    for _, cfg in nodes_cfgs:
+    for _, cfg in nodes_cfgs if fallback else ():
         sigs.setdefault(cfg.signature.id, cfg.signature)
     overloads = len(sigs) > 1
     if overloads:
@@ -263,7 +268,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     if overloads:
         model.functions.append(build_guard(opset, GUARD_OVERLOADS[1]))
         model.opset_import.append(helper.make_opsetid(GUARD_DOMAIN, 1))
-    if sigs and not any(i.domain == DOMAIN for i in model.opset_import):
+    if nodes_cfgs and not any(i.domain == DOMAIN for i in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     if (model.ir_version <= 10 and _opset_ir_version(model) <= 9
             and _needs_ir10(model) and not _needs_ir10(model, ignore_metadata=True)):

@@ -9,18 +9,30 @@ from torch import nn
 
 import maskedmha
 from maskedmha.demo import DYNAMIC_AXES, NAMES, DemoTranslator, demo_inputs
+import ort_release
 from mha_cases import assert_matches
 
 EXPORTERS = ["dynamo", "torchscript"]
 
 
-def _check_all_runtimes(path, model, module, make_args, names, shapes):
+def _check_all_runtimes(path, model, module, make_args, names, shapes, export_again):
+    """Fused, in-file fallback and decompose() against PyTorch -- as far as this onnxruntime
+    release runs them.  ``export_again(path)`` exports the same model with ``fallback=False``:
+    what a release that cannot read the default file (IR 10 on ORT 1.17-1.18) runs fused."""
+    fused_path = path
+    if not ort_release.reads(model):
+        fused_path = path.replace(".onnx", ".nofallback.onnx")
+        assert ort_release.reads(export_again(fused_path))
     plain = maskedmha.decompose(model)
     sessions = {
-        "fused": maskedmha.InferenceSession(path),
-        "no library": ort.InferenceSession(path, providers=["CPUExecutionProvider"]),
+        "fused": maskedmha.InferenceSession(fused_path),
         "decompose()": ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"]),
     }
+    if ort_release.fallback_runs(model):
+        sessions["no library"] = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    else:  # right or refused: never another node's fallback
+        with pytest.raises(Exception, match=ort_release.REFUSAL):
+            ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for shape in shapes:
         args = make_args(*shape)
         with torch.no_grad():
@@ -39,13 +51,14 @@ def test_encoder_decoder_transformer(exporter, tmp_path):
     torch.manual_seed(0)
     module = DemoTranslator().eval()
     path = str(tmp_path / "t.onnx")
-    model = maskedmha.export(module, demo_inputs(2, 12, 10), path, input_names=NAMES,
-                             output_names=["output"], dynamic_axes=DYNAMIC_AXES, exporter=exporter)
+    kw = dict(input_names=NAMES, output_names=["output"], dynamic_axes=DYNAMIC_AXES, exporter=exporter)
+    model = maskedmha.export(module, demo_inputs(2, 12, 10), path, **kw)
     # 2 encoder self-attentions + 2 × (decoder self-attention + cross-attention)
     assert _count_fused(model) == 6
     assert not any(n.op_type == "Softmax" for n in model.graph.node)
     _check_all_runtimes(path, model, module, lambda b, s, t: demo_inputs(b, s, t, seed=b + s + t),
-                        NAMES, [(2, 12, 10), (3, 20, 15), (1, 5, 7)])
+                        NAMES, [(2, 12, 10), (3, 20, 15), (1, 5, 7)],
+                        lambda p: maskedmha.export(module, demo_inputs(2, 12, 10), p, fallback=False, **kw))
 
 
 class EncoderStack(nn.Module):
@@ -87,10 +100,12 @@ def test_encoder_stack(exporter, batch_first, tmp_path):
     seq = {0: "batch", 1: "seq"} if batch_first else {0: "seq", 1: "batch"}
     axes = {"x": seq, "src_key_padding_mask": {0: "batch", 1: "seq"}, "output": seq}
     path = str(tmp_path / "enc.onnx")
-    model = maskedmha.export(module, make(2, 6), path, input_names=["x", "src_key_padding_mask"],
-                             output_names=["output"], dynamic_axes=axes, exporter=exporter)
+    kw = dict(input_names=["x", "src_key_padding_mask"], output_names=["output"],
+              dynamic_axes=axes, exporter=exporter)
+    model = maskedmha.export(module, make(2, 6), path, **kw)
     assert _count_fused(model) == 2
-    _check_all_runtimes(path, model, module, make, ["x", "src_key_padding_mask"], [(2, 6), (4, 13), (1, 3)])
+    _check_all_runtimes(path, model, module, make, ["x", "src_key_padding_mask"], [(2, 6), (4, 13), (1, 3)],
+                        lambda p: maskedmha.export(module, make(2, 6), p, fallback=False, **kw))
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -110,7 +125,38 @@ def test_decoder_layer_with_float_causal_mask(exporter, tmp_path):
             "tgt_mask": {0: "tgt_len", 1: "tgt_len2"}, "memory_key_padding_mask": {0: "batch", 1: "src_len"},
             "output": {0: "batch", 1: "tgt_len"}}
     path = str(tmp_path / "dec.onnx")
-    model = maskedmha.export(module, make(2, 5), path, input_names=names, output_names=["output"],
-                             dynamic_axes=axes, exporter=exporter)
+    kw = dict(input_names=names, output_names=["output"], dynamic_axes=axes, exporter=exporter)
+    model = maskedmha.export(module, make(2, 5), path, **kw)
     assert _count_fused(model) == 2
-    _check_all_runtimes(path, model, module, make, names, [(2, 5), (3, 9), (1, 2)])
+    _check_all_runtimes(path, model, module, make, names, [(2, 5), (3, 9), (1, 2)],
+                        lambda p: maskedmha.export(module, make(2, 5), p, fallback=False, **kw))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_export_without_fallback_is_ir9_and_runs_only_with_the_library(exporter, tmp_path):
+    """fallback=False: the demo Transformer (several node signatures, which in-file fallbacks
+    need IR-10 overloads for) becomes an IR 9 file with no function: fused it gives PyTorch's
+    numbers on every release from 1.17; a stock ORT refuses it rather than run anything."""
+    torch.manual_seed(0)
+    module = DemoTranslator().eval()
+    path = str(tmp_path / "bare.onnx")
+    model = maskedmha.export(module, demo_inputs(2, 12, 10), path, input_names=NAMES,
+                             output_names=["output"], dynamic_axes=DYNAMIC_AXES, exporter=exporter,
+                             fallback=False)
+    assert model.ir_version == 9 and not model.functions
+    assert not any(n.overload for n in model.graph.node)
+    args = demo_inputs(3, 9, 7, seed=5)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            expected = module(*args).numpy()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    feeds = {n: a.numpy() for n, a in zip(NAMES, args)}
+    assert_matches(maskedmha.InferenceSession(path).run(None, feeds)[0], expected, "fused", rel=2e-5)
+    with pytest.raises(Exception, match="MaskedMHA"):
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    # decompose() still works on it: it builds the fallback it needs itself.
+    plain = maskedmha.decompose(model)
+    sess = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_matches(sess.run(None, feeds)[0], expected, "decompose()", rel=2e-5)

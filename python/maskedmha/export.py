@@ -234,7 +234,7 @@ def _export_dynamo(model, args, kwargs, names, tensors, output_names, dynamic_ax
 
 def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=None,
            output_names=None, dynamic_axes=None, fused: bool = True, exporter: str = "dynamo",
-           opset_version: int | None = None) -> onnx.ModelProto:
+           opset_version: int | None = None, fallback: bool = True) -> onnx.ModelProto:
     """Export ``model`` to ONNX with every ``nn.MultiheadAttention`` as one MaskedMHA node (also
     attention computed by calling ``F.multi_head_attention_forward`` directly, except calls with
     ``static_k``/``static_v`` or an output projection wider than embed_dim: those stay standard
@@ -245,8 +245,11 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
     when the example passes one tensor twice (``(x, mem, mem)``): export works on copies of
     aliased examples.  ``dynamic_axes`` as in ``torch.onnx.export`` (input or
     output name -> {axis: dim name} or [axes]) works with both exporters.  ``fused=False`` writes
-    the decomposed model (standard ops only).  Writes ``f`` (path or binary file object) when
-    given and returns the ``onnx.ModelProto``.
+    the decomposed model (standard ops only).  ``fallback=False`` leaves the standard-op fallback
+    out of the file: it then runs only with the library, but never needs IR 10, so ONNX Runtime
+    1.17-1.18 (IR <= 9) run it even where the fallback would need function overloads (models
+    whose attention calls differ in which masks they pass, e.g. ``nn.Transformer``).  Writes
+    ``f`` (path or binary file object) when given and returns the ``onnx.ModelProto``.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"maskedmha.export: exporter must be one of {EXPORTERS}, not "
@@ -285,7 +288,7 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
             m.training = training
 
     _rename_dims(proto, dynamic_axes, names, output_names)
-    attach_functions(proto)
+    attach_functions(proto, fallback=fallback or not fused)
     if not fused:
         from maskedmha.decompose import decompose
         proto = decompose(proto)
