@@ -27,6 +27,7 @@
 
 #include "aligned.h"
 #include "attention.h"
+#include "attributes.h"
 #include "forward.h"
 #include "gemm.h"
 #include "ort_api.h"
@@ -131,45 +132,6 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
   if (r.failed) throw Ort::Exception(std::move(r.error.message), r.error.code);
 }
 
-// Attribute readers with defaults (absent attribute -> default; wrong type -> error).
-int64_t AttrInt(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_t dflt,
-                bool* found = nullptr) {
-  int64_t v = 0;
-  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v);
-  if (found) *found = (st == nullptr);
-  if (st) {
-    api.ReleaseStatus(st);
-    return dflt;
-  }
-  return v;
-}
-
-std::string AttrString(const OrtApi& api, const OrtKernelInfo* info, const char* name,
-                       const std::string& dflt) {
-  size_t size = 0;
-  OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st) {
-    api.ReleaseStatus(st);
-    return dflt;
-  }
-  std::string s(size, '\0');
-  st = api.KernelInfoGetAttribute_string(info, name, &s[0], &size);
-  if (st) {
-    api.ReleaseStatus(st);
-    return dflt;
-  }
-  if (!s.empty() && s.back() == '\0') s.pop_back();
-  return s;
-}
-
-bool Flag(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_t dflt) {
-  const int64_t v = AttrInt(api, info, name, dflt);
-  if (v != 0 && v != 1)
-    throw ValidationError(std::string("MaskedMHA: attribute '") + name + "' must be 0 or 1, got " +
-                          std::to_string(v));
-  return v == 1;
-}
-
 // True when a float mask could turn a hidden key into NaN (so compaction is not exact).
 bool HasNanOrPosInf(const float* m, size_t n, const Parallel& par) {
   std::atomic<bool> found{false};
@@ -267,22 +229,8 @@ OrtStatusPtr ORT_API_CALL MaskedMHAOp::InferOutputShapes(const OrtCustomOp*,
 OrtStatusPtr MaskedMHAOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
                                          void** kernel) const {
   try {
-    Attributes a;
-    bool found = false;
-    a.num_heads = AttrInt(api, info, "num_heads", 0, &found);
-    if (!found) throw ValidationError("MaskedMHA: attribute 'num_heads' is required");
-    a.is_causal = Flag(api, info, "is_causal", 0);
-    a.add_zero_attn = Flag(api, info, "add_zero_attn", 0);
-    a.average_weights = Flag(api, info, "average_attn_weights", 1);
-    const std::string fmr = AttrString(api, info, "fully_masked_row", "zero");
-    if (fmr != "zero" && fmr != "nan")
-      throw ValidationError("MaskedMHA: attribute 'fully_masked_row' must be \"zero\" or \"nan\", got \"" +
-                            fmr + "\"");
-    a.nan_rows = fmr == "nan";
-    ValidateAttributes(a);
-    // need_weights = the node has a (non-empty) second output.
+    const Attributes a = ReadAttributes(api, info);
     Ort::ConstKernelInfo ki(info);
-    a.need_weights = ki.GetOutputCount() >= 2 && !ki.GetOutputName(1).empty();
     // Weights stored as constant initializers can be packed once for the session.
     std::vector<const float*> constant(kNumInputs, nullptr);
     for (int i : {kInProjWeight, kKProjWeight, kVProjWeight, kOutProjWeight}) {

@@ -103,8 +103,8 @@ std::string ElemTypeName(int t) {
 
 void ValidateAttributes(const Attributes& a) {
   if (a.num_heads <= 0)
-    Fail("MaskedMHA: attribute 'num_heads' must be a positive integer, got " +
-         std::to_string(a.num_heads));
+    Fail("MaskedMHA: attribute 'num_heads' is " + std::to_string(a.num_heads) +
+         ", expected a positive int (the number of heads, dividing embed_dim)");
 }
 
 Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
