@@ -18,6 +18,8 @@
 
 #include <onnxruntime_cxx_api.h>
 
+#include "schema.h"
+
 namespace maskedmha {
 
 namespace {
@@ -83,18 +85,19 @@ std::string Describe(const Value& v) {
                         ", expected " + expected);
 }
 
-// An int 0 / 1 attribute; absent -> dflt.
-bool Flag(const OrtApi& api, const OrtKernelInfo* info, const char* name, bool dflt) {
+// An int 0 / 1 attribute; absent -> its default.
+bool Flag(const OrtApi& api, const OrtKernelInfo* info, const IntAttribute& attr) {
+  const char* name = attr.name;
   const Value v = Read(api, info, name);
-  const std::string expected =
-      std::string("an int 0 or 1 (default ") + (dflt ? "1" : "0") + ")";
-  if (v.kind == Kind::kAbsent) return dflt;
+  const std::string expected = "an int 0 or 1 (default " + std::to_string(attr.dflt) + ")";
+  if (v.kind == Kind::kAbsent) return attr.dflt == 1;
   if (v.kind != Kind::kInt) Fail(name, Describe(v), expected);
   if (v.i != 0 && v.i != 1) Fail(name, std::to_string(v.i), expected);
   return v.i == 1;
 }
 
-int64_t NumHeads(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
+int64_t NumHeads(const OrtApi& api, const OrtKernelInfo* info, const IntAttribute& attr) {
+  const char* name = attr.name;
   const Value v = Read(api, info, name);
   const char* expected = "a positive int (the number of heads, dividing embed_dim)";
   if (v.kind == Kind::kAbsent)
@@ -105,25 +108,29 @@ int64_t NumHeads(const OrtApi& api, const OrtKernelInfo* info, const char* name)
   return v.i;
 }
 
-// fully_masked_row: "zero" (default) or "nan"; true for "nan".
-bool NanRows(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
+// fully_masked_row: true for its second value ("nan"), false for the first ("zero", default).
+bool NanRows(const OrtApi& api, const OrtKernelInfo* info, const StringAttribute& attr) {
+  const char* name = attr.name;
   const Value v = Read(api, info, name);
-  const char* expected = "a string \"zero\" or \"nan\" (default \"zero\")";
-  if (v.kind == Kind::kAbsent) return false;
-  if (v.kind != Kind::kString) Fail(name, Describe(v), expected);
-  if (v.s != "zero" && v.s != "nan") Fail(name, "\"" + v.s + "\"", expected);
-  return v.s == "nan";
+  const std::string quoted[2] = {std::string("\"") + attr.values[0] + "\"",
+                                 std::string("\"") + attr.values[1] + "\""};
+  const std::string expected = "a string " + quoted[0] + " or " + quoted[1] + " (default \"" +
+                               attr.dflt + "\")";
+  const std::string value = v.kind == Kind::kAbsent ? attr.dflt : v.s;
+  if (v.kind != Kind::kAbsent && v.kind != Kind::kString) Fail(name, Describe(v), expected);
+  if (value != attr.values[0] && value != attr.values[1]) Fail(name, "\"" + value + "\"", expected);
+  return value == attr.values[1];
 }
 
 }  // namespace
 
 Attributes ReadAttributes(const OrtApi& api, const OrtKernelInfo* info) {
   Attributes a;
-  a.num_heads = NumHeads(api, info, "num_heads");
-  a.is_causal = Flag(api, info, "is_causal", false);
-  a.add_zero_attn = Flag(api, info, "add_zero_attn", false);
-  a.nan_rows = NanRows(api, info, "fully_masked_row");
-  a.average_weights = Flag(api, info, "average_attn_weights", true);
+  a.num_heads = NumHeads(api, info, kNumHeads);
+  a.is_causal = Flag(api, info, kIsCausal);
+  a.add_zero_attn = Flag(api, info, kAddZeroAttn);
+  a.nan_rows = NanRows(api, info, kFullyMaskedRow);
+  a.average_weights = Flag(api, info, kAverageAttnWeights);
   ValidateAttributes(a);
   // need_weights = the node has a (non-empty) second output.
   Ort::ConstKernelInfo ki(info);

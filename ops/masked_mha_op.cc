@@ -173,16 +173,12 @@ ONNXTensorElementDataType MaskedMHAOp::GetInputType(size_t index) const {
 }
 
 OrtCustomOpInputOutputCharacteristic MaskedMHAOp::GetInputCharacteristic(size_t index) const {
-  switch (index) {
-    case kQuery: case kKey: case kValue: case kInProjWeight: case kOutProjWeight:
-      return INPUT_OUTPUT_REQUIRED;
-    default:
-      return INPUT_OUTPUT_OPTIONAL;
-  }
+  return index < kNumInputs && kInputs[index].required ? INPUT_OUTPUT_REQUIRED
+                                                      : INPUT_OUTPUT_OPTIONAL;
 }
 
 OrtCustomOpInputOutputCharacteristic MaskedMHAOp::GetOutputCharacteristic(size_t index) const {
-  return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  return index == kOutput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
 MaskedMHAOp::MaskedMHAOp() { Configure(kMinOrtApi, false); }
@@ -221,7 +217,7 @@ OrtStatusPtr ORT_API_CALL MaskedMHAOp::InferOutputShapes(const OrtCustomOp*,
   OrtStatus* st = api.SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   if (!st) st = api.SetDimensions(out, dims, 3);
   if (!st) st = api.SetSymbolicDimensions(out, names, 3);
-  if (!st) st = api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out);
+  if (!st) st = api.ShapeInferContext_SetOutputTypeShape(ctx, kOutput, out);
   api.ReleaseTensorTypeAndShapeInfo(out);
   return st;
 }
@@ -315,12 +311,12 @@ void MaskedMHAKernel::Run(Ort::KernelContext& ctx, const Parallel& par) {
   };
 
   const int64_t B = p.B, L = p.L, S = p.S, E = p.E, H = p.H, D = p.D;
-  float* out = ctx.GetOutput(0, {B, L, E}).GetTensorMutableData<float>();
+  float* out = ctx.GetOutput(kOutput, {B, L, E}).GetTensorMutableData<float>();
   float* weights_out = nullptr;
   if (attrs_.need_weights) {
     std::vector<int64_t> wshape = attrs_.average_weights ? std::vector<int64_t>{B, L, p.Sp}
                                                          : std::vector<int64_t>{B, H, L, p.Sp};
-    weights_out = ctx.GetOutput(1, wshape).GetTensorMutableData<float>();
+    weights_out = ctx.GetOutput(kAttnWeights, wshape).GetTensorMutableData<float>();
   }
   if (B == 0 || L == 0) return;  // nothing to attend from: empty outputs
 

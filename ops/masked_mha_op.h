@@ -11,6 +11,7 @@
 
 #include "gemm.h"
 #include "parallel.h"
+#include "schema.h"
 #include "validate.h"
 
 namespace maskedmha {
@@ -43,14 +44,14 @@ struct MaskedMHAKernel {
 struct MaskedMHAOp : Ort::CustomOpBase<MaskedMHAOp, MaskedMHAKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
 
-  const char* GetName() const { return "MaskedMHA"; }
+  const char* GetName() const { return kOpType; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
 
   size_t GetInputTypeCount() const { return kNumInputs; }
   ONNXTensorElementDataType GetInputType(size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
 
-  size_t GetOutputTypeCount() const { return 2; }
+  size_t GetOutputTypeCount() const { return kNumOutputs; }
   ONNXTensorElementDataType GetOutputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }

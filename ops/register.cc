@@ -14,10 +14,9 @@
 
 #include "masked_mha_op.h"
 #include "ort_api.h"
+#include "schema.h"
 
 namespace {
-
-constexpr const char* kDomain = "com.maskedmha";
 
 struct Registry {
   std::mutex mutex;
@@ -91,7 +90,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       reg.op.Configure(version, ShapeInferenceSafe(rel));
       reg.configured = true;
     }
-    Ort::CustomOpDomain domain(kDomain);
+    Ort::CustomOpDomain domain(maskedmha::kDomain);
     domain.Add(&reg.op);
     Ort::UnownedSessionOptions(options).Add(domain);
     reg.domains.push_back(std::move(domain));

@@ -10,13 +10,10 @@ namespace maskedmha {
 
 namespace {
 
-const char* const kNames[kNumInputs] = {
-    "query",         "key",          "value",        "in_proj_weight", "k_proj_weight",
-    "v_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k",
-    "bias_v",        "key_padding_mask", "attn_mask"};
+const char* NameOf(int i) { return kInputs[i].name; }
 
 std::string Named(int i) {
-  return std::string("input ") + std::to_string(i) + " '" + kNames[i] + "'";
+  return std::string("input ") + std::to_string(i) + " '" + NameOf(i) + "'";
 }
 
 std::string Prefix(int i) { return "MaskedMHA: " + Named(i); }
@@ -25,6 +22,15 @@ std::string Prefix(int i) { return "MaskedMHA: " + Named(i); }
 
 void RequirePresent(const std::vector<TensorDesc>& in, int i) {
   if (!in[i].present) Fail(Prefix(i) + " is required but missing");
+}
+
+// "a and b come together": the message of a pair given without its partner.
+void CheckPair(const std::vector<TensorDesc>& in, int a, int b) {
+  if (in[a].present == in[b].present) return;
+  const int missing = in[a].present ? b : a;
+  const int given = in[a].present ? a : b;
+  Fail(Prefix(missing) + " is missing but " + Named(given) + " is given; " + NameOf(a) + " and " +
+       NameOf(b) + " come together");
 }
 
 void CheckType(const TensorDesc& t, int i, bool allow_bool) {
@@ -37,11 +43,11 @@ void CheckType(const TensorDesc& t, int i, bool allow_bool) {
 
 // Shape must equal `expected`; `meaning` names the symbols, e.g. "(B, S)".
 void CheckShape(const TensorDesc& t, int i, const std::vector<int64_t>& expected,
-                const char* meaning, const char* why = nullptr) {
+                const char* meaning, const std::string& why = "") {
   if (t.shape == expected) return;
   std::string msg = Prefix(i) + " has shape " + ShapeToString(t.shape) + ", expected " +
                     ShapeToString(expected) + " " + meaning;
-  if (why) msg += std::string(" (") + why + ")";
+  if (!why.empty()) msg += " (" + why + ")";
   Fail(msg);
 }
 
@@ -70,7 +76,7 @@ int64_t CheckedProduct(std::initializer_list<int64_t> dims, const std::string& w
 }  // namespace
 
 const char* InputName(int index) {
-  return (index >= 0 && index < kNumInputs) ? kNames[index] : "?";
+  return (index >= 0 && index < kNumInputs) ? NameOf(index) : "?";
 }
 
 std::string ShapeToString(const std::vector<int64_t>& shape) {
@@ -103,30 +109,23 @@ std::string ElemTypeName(int t) {
 
 void ValidateAttributes(const Attributes& a) {
   if (a.num_heads <= 0)
-    Fail("MaskedMHA: attribute 'num_heads' is " + std::to_string(a.num_heads) +
+    Fail(std::string("MaskedMHA: attribute '") + kNumHeads.name + "' is " +
+         std::to_string(a.num_heads) +
          ", expected a positive int (the number of heads, dividing embed_dim)");
 }
 
 Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   if (in.size() != static_cast<size_t>(kNumInputs))
-    Fail("MaskedMHA: internal error: expected 13 input descriptors");
+    Fail("MaskedMHA: internal error: expected " + std::to_string(kNumInputs) +
+         " input descriptors");
   ValidateAttributes(attrs);
   Problem p;
 
   // Presence and pairing.
-  for (int i : {kQuery, kKey, kValue, kInProjWeight, kOutProjWeight}) RequirePresent(in, i);
-  if (in[kKProjWeight].present != in[kVProjWeight].present) {
-    const int missing = in[kKProjWeight].present ? kVProjWeight : kKProjWeight;
-    const int given = in[kKProjWeight].present ? kKProjWeight : kVProjWeight;
-    Fail(Prefix(missing) + " is missing but input " + std::to_string(given) + " '" +
-         kNames[given] + "' is given; k_proj_weight and v_proj_weight come together");
-  }
-  if (in[kBiasK].present != in[kBiasV].present) {
-    const int missing = in[kBiasK].present ? kBiasV : kBiasK;
-    const int given = in[kBiasK].present ? kBiasK : kBiasV;
-    Fail(Prefix(missing) + " is missing but input " + std::to_string(given) + " '" +
-         kNames[given] + "' is given; bias_k and bias_v come together");
-  }
+  for (int i = 0; i < kNumInputs; ++i)
+    if (kInputs[i].required) RequirePresent(in, i);
+  CheckPair(in, kKProjWeight, kVProjWeight);
+  CheckPair(in, kBiasK, kBiasV);
   p.packed = !in[kKProjWeight].present;
   p.has_in_bias = in[kInProjBias].present;
   p.has_out_bias = in[kOutProjBias].present;
@@ -148,7 +147,7 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   p.H = attrs.num_heads;
   if (p.E % p.H != 0)
     Fail(Prefix(kQuery) + ": embed_dim E=" + std::to_string(p.E) + " (shape " +
-         ShapeToString(in[kQuery].shape) + ") is not divisible by num_heads=" +
+         ShapeToString(in[kQuery].shape) + ") is not divisible by " + kNumHeads.name + "=" +
          std::to_string(p.H));
   // 3E is used in the expected shapes below: it must not overflow.
   CheckedProduct({3, p.E}, "3E for " + Named(kQuery) + " of shape " +
@@ -160,18 +159,20 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   p.Kd = in[kKey].shape[2];
   CheckRank(in[kValue], kValue, 3, "(B, S, vdim)");
   p.Vd = in[kValue].shape[2];
+  // "k_proj_weight/v_proj_weight", named in the messages about packed or separate weights.
+  const std::string kv_weights = std::string(NameOf(kKProjWeight)) + "/" + NameOf(kVProjWeight);
   if (p.packed) {
-    CheckShape(in[kKey], kKey, {p.B, p.S, p.E}, "(B, S, E)",
-               "a packed in_proj_weight needs kdim = E; give k_proj_weight/v_proj_weight otherwise");
-    CheckShape(in[kValue], kValue, {p.B, p.S, p.E}, "(B, S, E)",
-               "a packed in_proj_weight needs vdim = E; give k_proj_weight/v_proj_weight otherwise");
+    const std::string needs = std::string("a packed ") + NameOf(kInProjWeight) + " needs ";
+    const std::string otherwise = " = E; give " + kv_weights + " otherwise";
+    CheckShape(in[kKey], kKey, {p.B, p.S, p.E}, "(B, S, E)", needs + "kdim" + otherwise);
+    CheckShape(in[kValue], kValue, {p.B, p.S, p.E}, "(B, S, E)", needs + "vdim" + otherwise);
     CheckShape(in[kInProjWeight], kInProjWeight, {3 * p.E, p.E}, "(3E, E)",
-               "packed weight, as k_proj_weight/v_proj_weight are absent");
+               "packed weight, as " + kv_weights + " are absent");
   } else {
     CheckShape(in[kKey], kKey, {p.B, p.S, p.Kd}, "(B, S, kdim)");
     CheckShape(in[kValue], kValue, {p.B, p.S, p.Vd}, "(B, S, vdim)");
     CheckShape(in[kInProjWeight], kInProjWeight, {p.E, p.E}, "(E, E)",
-               "q_proj_weight, as k_proj_weight/v_proj_weight are given");
+               "q_proj_weight, as " + kv_weights + " are given");
     CheckShape(in[kKProjWeight], kKProjWeight, {p.E, p.Kd}, "(E, kdim)");
     CheckShape(in[kVProjWeight], kVProjWeight, {p.E, p.Vd}, "(E, vdim)");
   }

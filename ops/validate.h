@@ -11,16 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "schema.h"
+
 namespace maskedmha {
 
 // ONNX TensorProto element types (the same numbers as ONNXTensorElementDataType).
 constexpr int kElemFloat = 1;
 constexpr int kElemBool = 9;
 
-enum Input : int {
-  kQuery = 0, kKey, kValue, kInProjWeight, kKProjWeight, kVProjWeight, kInProjBias,
-  kOutProjWeight, kOutProjBias, kBiasK, kBiasV, kKeyPaddingMask, kAttnMask, kNumInputs
-};
 const char* InputName(int index);
 
 struct TensorDesc {
@@ -61,7 +59,7 @@ class ValidationError : public std::invalid_argument {
 // Checks attribute values alone (done when the kernel is created).
 void ValidateAttributes(const Attributes& attrs);
 
-// Checks all 13 inputs against each other; `inputs` has kNumInputs entries.
+// Checks all kNumInputs inputs against each other; `inputs` has kNumInputs entries.
 Problem Validate(const std::vector<TensorDesc>& inputs, const Attributes& attrs);
 
 std::string ShapeToString(const std::vector<int64_t>& shape);
