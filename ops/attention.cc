@@ -35,7 +35,7 @@
 #include "cpu.h"
 #include "simd.h"
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#ifdef MASKEDMHA_X86
 #include <immintrin.h>
 #endif
 
@@ -164,22 +164,16 @@ void PackHeadGeneric(const AttentionArgs& a, const KeyLayout& kl, int64_t b, int
                      float* vp) {
   PackHeadT<false>(a, kl, b, h, kt, vp);
 }
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-__attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void PackHeadAvx512(
-    const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, float* kt, float* vp) {
+#ifdef MASKEDMHA_X86
+MASKEDMHA_TARGET_AVX512 void PackHeadAvx512(const AttentionArgs& a, const KeyLayout& kl,
+                                            int64_t b, int64_t h, float* kt, float* vp) {
   PackHeadT<true>(a, kl, b, h, kt, vp);
 }
 #endif
-PackFn ChoosePack() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  if (SelectedIsa() == Isa::kAvx512) return PackHeadAvx512;
-#endif
-  return PackHeadGeneric;
-}
-// Packs head h of batch item b with the ISA chosen at run time.
+// Packs head h of batch item b with the ISA chosen at run time (AVX2 has no variant of its own).
 void PackHead(const AttentionArgs& a, const KeyLayout& kl, int64_t b, int64_t h, float* kt,
               float* vp) {
-  static const PackFn pack = ChoosePack();
+  static const PackFn pack = MASKEDMHA_PICK_ISA(&PackHeadGeneric, &PackHeadGeneric, &PackHeadAvx512);
   pack(a, kl, b, h, kt, vp);
 }
 
@@ -514,8 +508,7 @@ static inline __attribute__((always_inline)) bool OnlineSoftmax(float* s, int64_
   return live;
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define MASKEDMHA_AVX512_SOFTMAX 1
+#ifdef MASKEDMHA_X86
 // OnlineSoftmax for AVX-512 with intrinsics (a separate, not inlined function: the intrinsics
 // need the avx512f target on the function that contains them, so it cannot share OnlineSoftmax's
 // template body -- keep the two in step).  The exponential is the same
@@ -637,7 +630,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
       const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
       BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
       bool live;
-#ifdef MASKEDMHA_AVX512_SOFTMAX
+#ifdef MASKEDMHA_X86
       if constexpr (std::is_same_v<V, V16>)
         live = OnlineSoftmaxAvx512(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
       else
@@ -718,15 +711,14 @@ void TaskGeneric(const AttentionArgs& a, const KeyLayout& kl, const float* kt_bh
   else TaskBody<false, 4, 2, V4>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define MASKEDMHA_X86_DISPATCH 1
-__attribute__((target("avx2,fma"))) void TaskAvx2(const AttentionArgs& a, const KeyLayout& kl,
+#ifdef MASKEDMHA_X86
+MASKEDMHA_TARGET_AVX2 void TaskAvx2(const AttentionArgs& a, const KeyLayout& kl,
                                                   const float* kt_bh, const float* vp_bh,
                                                   int64_t b, int64_t h, int64_t i0, int64_t nq) {
   if (a.weights) TaskBody<true, 4, 2, V8>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
   else TaskBody<false, 4, 2, V8>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
 }
-__attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TaskAvx512(
+MASKEDMHA_TARGET_AVX512 void TaskAvx512(
     const AttentionArgs& a, const KeyLayout& kl, const float* kt_bh, const float* vp_bh,
     int64_t b, int64_t h, int64_t i0, int64_t nq) {
   if (a.weights) TaskBody<true, 8, 2, V16>(a, kl, kt_bh, vp_bh, b, h, i0, nq);
@@ -734,22 +726,11 @@ __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TaskAvx
 }
 #endif
 
-TaskFn ChooseTask() {
-#ifdef MASKEDMHA_X86_DISPATCH
-  switch (SelectedIsa()) {
-    case Isa::kAvx512: return TaskAvx512;
-    case Isa::kAvx2: return TaskAvx2;
-    default: break;
-  }
-#endif
-  return TaskGeneric;
-}
-
 }  // namespace
 
 void Attention(const AttentionArgs& a, const Parallel& par) {
   if (a.B == 0 || a.L == 0 || a.H == 0) return;
-  static const TaskFn task = ChooseTask();
+  static const TaskFn task = MASKEDMHA_PICK_ISA(&TaskGeneric, &TaskAvx2, &TaskAvx512);
   const int64_t nqb = (a.L + kQB - 1) / kQB;
   // Kept by the calling thread between calls (only grows), so large buffers do not fault in
   // fresh pages on every run.  (A reference: the tasks below run on pool threads, where the

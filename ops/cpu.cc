@@ -11,7 +11,7 @@ namespace {
 
 Isa Detect() {
   Isa best = Isa::kGeneric;
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#ifdef MASKEDMHA_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;

@@ -185,22 +185,21 @@ void PackGeneric(const float* const* a, size_t rows, size_t k, float* dst) {
   PackA<4>(a, rows, k, dst);
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define MASKEDMHA_X86_DISPATCH 1
+#ifdef MASKEDMHA_X86
 // AVX2+FMA: 6 x 16 tile = 12 ymm accumulators.
-__attribute__((target("avx2,fma"))) void TileAvx2(const GemmArgs& g, size_t i0, size_t i1,
+MASKEDMHA_TARGET_AVX2 void TileAvx2(const GemmArgs& g, size_t i0, size_t i1,
                                                   size_t j0, size_t j1) {
   TileBody<6, 2, V8>(g, i0, i1, j0, j1);
 }
-__attribute__((target("avx2,fma"))) void PackAvx2(const float* const* a, size_t rows, size_t k,
+MASKEDMHA_TARGET_AVX2 void PackAvx2(const float* const* a, size_t rows, size_t k,
                                                   float* dst) {
   PackA<6>(a, rows, k, dst);
 }
-__attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void TileAvx512(
+MASKEDMHA_TARGET_AVX512 void TileAvx512(
     const GemmArgs& g, size_t i0, size_t i1, size_t j0, size_t j1) {
   TileBody<12, 2, V16>(g, i0, i1, j0, j1);
 }
-__attribute__((target("avx512f,avx2,fma,prefer-vector-width=512"))) void PackAvx512(
+MASKEDMHA_TARGET_AVX512 void PackAvx512(
     const float* const* a, size_t rows, size_t k, float* dst) {
   PackA<12>(a, rows, k, dst);
 }
@@ -213,19 +212,10 @@ struct Kernel {
   size_t mr;  // rows per micro-tile
 };
 
-Kernel ChooseKernel() {
-#ifdef MASKEDMHA_X86_DISPATCH
-  switch (SelectedIsa()) {
-    case Isa::kAvx512: return {TileAvx512, PackAvx512, 32, 12};
-    case Isa::kAvx2: return {TileAvx2, PackAvx2, 16, 6};
-    default: break;
-  }
-#endif
-  return {TileGeneric, PackGeneric, 8, 4};
-}
-
 const Kernel& GetKernel() {
-  static const Kernel k = ChooseKernel();
+  static const Kernel k = MASKEDMHA_PICK_ISA((Kernel{TileGeneric, PackGeneric, 8, 4}),
+                                             (Kernel{TileAvx2, PackAvx2, 16, 6}),
+                                             (Kernel{TileAvx512, PackAvx512, 32, 12}));
   return k;
 }
 

@@ -18,14 +18,6 @@ class Parallel {
   virtual void For(size_t n, const std::function<void(size_t)>& fn) const = 0;
 };
 
-// Runs everything on the calling thread (used when there is nothing worth splitting).
-class SerialParallel final : public Parallel {
- public:
-  void For(size_t n, const std::function<void(size_t)>& fn) const override {
-    for (size_t i = 0; i < n; ++i) fn(i);
-  }
-};
-
 // Splits [0, n) into at most 16 chunks of at least `grain` elements and runs fn(begin, end) for
 // each on `par` (a single chunk runs on the calling thread).  For the setup loops (mask
 // conversion, NaN checks, row gathers), which are too short to be worth a pool dispatch for

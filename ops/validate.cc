@@ -75,10 +75,6 @@ int64_t CheckedProduct(std::initializer_list<int64_t> dims, const std::string& w
 
 }  // namespace
 
-const char* InputName(int index) {
-  return (index >= 0 && index < kNumInputs) ? NameOf(index) : "?";
-}
-
 std::string ShapeToString(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << '[';

@@ -19,7 +19,6 @@ namespace maskedmha {
 constexpr int kElemFloat = 1;
 constexpr int kElemBool = 9;
 
-const char* InputName(int index);
 
 struct TensorDesc {
   bool present = false;
