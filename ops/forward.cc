@@ -26,9 +26,10 @@ WorkBuffers& LocalBuffers() {
 }  // namespace
 
 void Forward(const ForwardPlan& pl, const Parallel& par) {
-  const int64_t nb = pl.B;
-  if (nb <= 0 || pl.L == 0) return;
-  const int64_t L = pl.L, S = pl.S, E = pl.E, H = pl.H;
+  const Problem& p = pl.problem;
+  const int64_t nb = p.B;
+  if (nb <= 0 || p.L == 0) return;
+  const int64_t L = p.L, S = p.S, E = p.E, H = p.H;
   WorkBuffers& wb = LocalBuffers();
   const float* query = pl.query;
   const int64_t* off = pl.kv_offset;
@@ -62,15 +63,15 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
     if (pl.w_kv) {
       // Key is value and Wk, Wv are adjacent rows of the packed weight: one (2E) projection.
       float* kv = wb.kv.resize(static_cast<size_t>(n_keys * 2 * E));
-      Gemm(pl.key, pl.Kd, n_keys, *pl.w_kv, b_k, kv, 2 * E, par, kv_rows);
+      Gemm(pl.key, p.Kd, n_keys, *pl.w_kv, b_k, kv, 2 * E, par, kv_rows);
       a.k = kv;
       a.v = kv + E;
       a.k_stride = a.v_stride = 2 * E;
     } else {
       float* k = wb.k.resize(static_cast<size_t>(n_keys * E));
       float* v = wb.v.resize(static_cast<size_t>(n_keys * E));
-      Gemm(pl.key, pl.Kd, n_keys, *pl.w_k, b_k, k, E, par, kv_rows);
-      Gemm(pl.value, pl.Vd, n_keys, *pl.w_v, b_v, v, E, par, kv_rows);
+      Gemm(pl.key, p.Kd, n_keys, *pl.w_k, b_k, k, E, par, kv_rows);
+      Gemm(pl.value, p.Vd, n_keys, *pl.w_v, b_v, v, E, par, kv_rows);
       a.k = k;
       a.v = v;
       a.k_stride = a.v_stride = E;
@@ -81,27 +82,27 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
   a.L = L;
   a.S = S;
   a.H = H;
-  a.D = pl.D;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(pl.D));
+  a.D = p.D;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(p.D));
   a.kv_offset = off;
   a.key_index = key_index;
   a.bias_k = pl.bias_k;
   a.bias_v = pl.bias_v;
-  a.zero_attn = pl.zero_attn;
+  a.zero_attn = pl.attrs.add_zero_attn;
   a.kpm = pl.kpm;
   a.attn_mask = pl.attn_mask;
-  a.attn_mask_3d = pl.attn_mask_3d;
-  a.causal = pl.causal;
-  a.nan_rows = pl.nan_rows;
+  a.attn_mask_3d = p.attn_mask_3d;
+  a.causal = pl.attrs.is_causal;
+  a.nan_rows = pl.attrs.nan_rows;
   a.out = wb.attn.resize(static_cast<size_t>(nb * L * E));
   a.out_stride = E;
   if (pl.weights) {
-    if (pl.average_weights) a.weights = wb.per_head.resize(static_cast<size_t>(nb * H * L * pl.Sp));
+    if (pl.attrs.average_weights) a.weights = wb.per_head.resize(static_cast<size_t>(nb * H * L * p.Sp));
     else a.weights = pl.weights;
   }
   Attention(a, par);
-  if (pl.weights && pl.average_weights)
-    AverageHeads(a.weights, nb, H, L, pl.Sp, pl.weights, par);
+  if (pl.weights && pl.attrs.average_weights)
+    AverageHeads(a.weights, nb, H, L, p.Sp, pl.weights, par);
 
   // Output projection straight into the output tensor.
   Gemm(a.out, E, nb * L, *pl.w_out, pl.out_bias, pl.out, E, par);

@@ -1,5 +1,5 @@
 // The MaskedMHA forward pass: Q/K/V projections, attention, output projection, each phase spread
-// over the pool.  The kernel (masked_mha_op.cc) resolves inputs, masks, key compaction and packed
+// over the pool.  The kernel (kernel.cc) resolves inputs, masks, key compaction and packed
 // weights into a ForwardPlan; this part knows nothing of ONNX Runtime.
 //
 // Tried and dropped: one task per batch item (projections, attention and output projection of
@@ -12,12 +12,13 @@
 
 #include "gemm.h"
 #include "parallel.h"
+#include "validate.h"
 
 namespace maskedmha {
 
 struct ForwardPlan {
-  int64_t B = 0, L = 0, S = 0, E = 0, H = 0, D = 0, Kd = 0, Vd = 0;
-  int64_t Sp = 0;  // S + extra keys (bias_kv, zero_attn)
+  Problem problem;    // the sizes, as Validate resolved them (attn_mask_3d included)
+  Attributes attrs;   // is_causal, add_zero_attn, nan_rows, average_weights
 
   const float* query = nullptr;  // (B, L, E)
   const float* key = nullptr;    // (B, S, Kd)
@@ -46,14 +47,9 @@ struct ForwardPlan {
   // Additive masks (bool masks already converted), null when absent or not needed.
   const float* kpm = nullptr;        // (B, S)
   const float* attn_mask = nullptr;  // (L, S) or (B*H, L, S)
-  bool attn_mask_3d = false;
-  bool causal = false;
-  bool zero_attn = false;
-  bool nan_rows = false;
 
   float* out = nullptr;          // (B, L, E)
   float* weights = nullptr;      // null, or (B, L, Sp) averaged / (B, H, L, Sp) per head
-  bool average_weights = true;
 };
 
 // Computes plan.out (and plan.weights).

@@ -1,6 +1,6 @@
-// The ONNX Runtime custom-op definition of com.maskedmha::MaskedMHA (opset 1) and its kernel.
-// The kernel only adapts ORT values to the ORT-free pieces: validate.h (checks), gemm.h
-// (projections) and attention.h (the attention core).
+// The ONNX Runtime custom-op definition of com.maskedmha::MaskedMHA (opset 1, schema.h) and its
+// kernel.  The kernel only adapts ORT values to the ORT-free pieces: validate.h (checks),
+// forward.h (projections and attention).
 #pragma once
 
 #include <onnxruntime_cxx_api.h>
@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "gemm.h"
 #include "parallel.h"
@@ -16,6 +17,15 @@
 
 namespace maskedmha {
 
+struct ForwardPlan;   // forward.h
+struct KernelInputs;  // kernel.cc: the node's inputs as ORT gives them
+
+// Weights packed for one call (those that are not constant initializers).
+struct WeightScratch {
+  PackedWeight qkv, q, kv, k, v, out;
+};
+
+// The kernel of one node (kernel.cc).
 struct MaskedMHAKernel {
   // constant_weights[i]: data of input i when it is a constant initializer (else null).
   MaskedMHAKernel(const Attributes& attrs, const std::vector<const float*>& constant_weights)
@@ -25,9 +35,11 @@ struct MaskedMHAKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  void Compute(OrtKernelContext* context);
   // The call itself, its parallel phases on `par`.
   void Run(Ort::KernelContext& ctx, const Parallel& par);
+  // Sets plan's packed weights (w_qkv, or w_q with w_kv or w_k + w_v; w_out).
+  void SelectWeights(const Problem& p, const KernelInputs& in, bool compact, ForwardPlan* plan,
+                     WeightScratch* ws);
   // Rows [row0, row0 + n) of weight input `input` (k columns) packed for Gemm.  Weights that are
   // constant initializers are packed once and kept (Compute may run concurrently, hence the
   // lock); others are packed into *scratch on every call.

@@ -13,7 +13,7 @@
 // waits only for items that some running thread has claimed, so a call finishes even when no
 // helper ever joins (a pool of one thread, or workers busy elsewhere).  A helper may join before
 // the first phase, during the call or after Finish() (it then returns at once), but it returns
-// only after Finish(): RunTeam (masked_mha_op.cc) lets a worker help only once the leader runs.
+// only after Finish(): RunTeam (team_ort.cc) lets a worker help only once the leader runs.
 // The TeamParallel must outlive every Help() call.
 #pragma once
 

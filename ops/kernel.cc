@@ -1,0 +1,254 @@
+// The MaskedMHA kernel's call (MaskedMHAKernel, masked_mha_op.h): reads and validates the
+// inputs, prepares masks, key compaction and packed weights as named steps, then runs forward.h:
+// projections (gemm) -> attention -> output projection (gemm).
+//
+// Data flow and why:
+//  * Q/K/V projections are large GEMMs over all B*L (or B*S) rows.  For self-attention with a
+//    packed weight (query, key and value are the same tensor) Q, K and V come from one GEMM with
+//    the whole (3E, E) weight.
+//  * With a bool key_padding_mask, keys it hides are dropped before the K/V projections
+//    ("compaction"): their softmax weight is exactly 0, so cost follows the number of valid
+//    tokens.  This is skipped when a float attn_mask holds NaN or +inf, which could turn a hidden
+//    key into NaN (IEEE: -inf + NaN) and must then be computed like PyTorch does.
+//  * Bool masks become additive 0 / -inf float masks once; float masks are used in place.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "aligned.h"
+#include "forward.h"
+#include "masked_mha_op.h"
+#include "simd.h"
+#include "status.h"
+#include "team_ort.h"
+
+namespace maskedmha {
+
+// The node's inputs as ORT gives them: what Validate needs to know and the values.
+struct KernelInputs {
+  std::vector<TensorDesc> desc = std::vector<TensorDesc>(kNumInputs);
+  std::vector<Ort::ConstValue> val = std::vector<Ort::ConstValue>(kNumInputs, Ort::ConstValue(nullptr));
+
+  const float* Float(int i) const {
+    return desc[i].present ? val[i].GetTensorData<float>() : nullptr;
+  }
+  const bool* Bool(int i) const { return desc[i].present ? val[i].GetTensorData<bool>() : nullptr; }
+};
+
+namespace {
+
+KernelInputs ReadInputs(Ort::KernelContext& ctx) {
+  KernelInputs in;
+  const size_t n_in = ctx.GetInputCount();
+  for (int i = 0; i < kNumInputs; ++i) {
+    if (static_cast<size_t>(i) >= n_in) continue;
+    in.val[i] = ctx.GetInput(i);
+    if (!in.val[i]) continue;  // an absent optional input
+    TensorDesc& d = in.desc[i];
+    d.present = true;
+    d.is_tensor = in.val[i].IsTensor();
+    if (!d.is_tensor) continue;
+    auto info = in.val[i].GetTensorTypeAndShapeInfo();
+    d.elem_type = static_cast<int>(info.GetElementType());
+    d.shape = info.GetShape();
+  }
+  return in;
+}
+
+// Per-call mask and compaction arrays (the projections' buffers live in forward.cc), per
+// calling thread and reused across calls (see Buffer).
+struct Scratch {
+  Buffer kpm, am;
+  std::vector<int64_t> kv_offset, key_index;
+};
+
+// The masks as the forward pass takes them.
+struct Masks {
+  const bool* kpm_bool = nullptr;    // a bool key_padding_mask as given (compaction reads it)
+  const float* kpm = nullptr;        // additive key_padding_mask; null when absent or compacted
+  const float* attn_mask = nullptr;  // additive attn_mask
+  size_t attn_mask_n = 0;            // its element count
+};
+
+// True when a float mask could turn a hidden key into NaN (so compaction is not exact).
+bool HasNanOrPosInf(const float* m, size_t n, const Parallel& par) {
+  std::atomic<bool> found{false};
+  ForChunks(par, n, size_t{1} << 15, [&](size_t i0, size_t i1) {
+    bool f = false;
+    for (size_t i = i0; i < i1; ++i)
+      f |= std::isnan(m[i]) || m[i] == std::numeric_limits<float>::infinity();
+    if (f) found.store(true, std::memory_order_relaxed);
+  });
+  return found.load();
+}
+
+void BoolToAdditive(const bool* m, size_t n, float* out, const Parallel& par) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  ForChunks(par, n, size_t{1} << 15, [&](size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; ++i) out[i] = m[i] ? ninf : 0.0f;
+  });
+}
+
+// Step 1: a bool attn_mask turned additive (into sc.am); a float one used in place.
+Masks PrepareMasks(const Problem& p, const KernelInputs& in, Scratch& sc, const Parallel& par) {
+  Masks m;
+  if (p.kpm == MaskKind::kBool) m.kpm_bool = in.Bool(kKeyPaddingMask);
+  m.attn_mask_n = static_cast<size_t>((p.attn_mask_3d ? p.B * p.H : 1) * p.L * p.S);
+  if (p.attn_mask == MaskKind::kBool) {
+    float* buf = sc.am.resize(m.attn_mask_n);
+    BoolToAdditive(in.Bool(kAttnMask), m.attn_mask_n, buf, par);
+    m.attn_mask = buf;
+  } else if (p.attn_mask == MaskKind::kFloat) {
+    m.attn_mask = in.Float(kAttnMask);
+  }
+  return m;
+}
+
+// True when every key and value row the bool key_padding_mask hides is finite: compaction is
+// not exact either when a hidden row holds NaN/Inf (PyTorch then gets NaN: score NaN + -inf,
+// or weight 0 * NaN).
+bool HiddenRowsFinite(const Problem& p, const bool* kpm_bool, const float* key, const float* value,
+                      const Parallel& par) {
+  std::atomic<bool> ok{true};
+  const size_t rows = static_cast<size_t>(p.B * p.S);
+  const size_t width = static_cast<size_t>(p.Kd + p.Vd);
+  ForChunks(par, rows, std::max<size_t>(1, (size_t{1} << 15) / std::max<size_t>(width, 1)),
+            [&](size_t r0, size_t r1) {
+              bool f = true;
+              for (size_t r = r0; r < r1 && f; ++r) {
+                if (!kpm_bool[r]) continue;
+                const float* kr = key + r * p.Kd;
+                const float* vr = value + r * p.Vd;
+                f = simd::AllFinite<simd::V4>(kr, p.Kd) && simd::AllFinite<simd::V4>(vr, p.Vd);
+              }
+              if (!f) ok.store(false, std::memory_order_relaxed);
+            });
+  return ok.load();
+}
+
+// Step 2: whether the keys a bool key_padding_mask hides are dropped (compaction); if so, the
+// kept keys of each item in sc.kv_offset / sc.key_index, otherwise the key_padding_mask made
+// additive in m->kpm.  Returns whether the keys are compacted.
+bool PlanCompaction(const Problem& p, const KernelInputs& in, Masks* m, Scratch& sc,
+                    const Parallel& par) {
+  const int64_t B = p.B, S = p.S;
+  const bool compact =
+      m->kpm_bool && S > 0 &&
+      !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(m->attn_mask, m->attn_mask_n, par)) &&
+      HiddenRowsFinite(p, m->kpm_bool, in.Float(kKey), in.Float(kValue), par);
+  if (m->kpm_bool && !compact) {
+    float* buf = sc.kpm.resize(static_cast<size_t>(B * S));
+    BoolToAdditive(m->kpm_bool, static_cast<size_t>(B * S), buf, par);
+    m->kpm = buf;
+  } else if (p.kpm == MaskKind::kFloat) {
+    m->kpm = in.Float(kKeyPaddingMask);
+  }
+  if (!compact) return false;
+  sc.kv_offset.resize(B + 1);
+  sc.key_index.clear();
+  sc.key_index.reserve(static_cast<size_t>(B * S));
+  for (int64_t b = 0; b < B; ++b) {
+    sc.kv_offset[b] = static_cast<int64_t>(sc.key_index.size());
+    for (int64_t j = 0; j < S; ++j)
+      if (!m->kpm_bool[b * S + j]) sc.key_index.push_back(j);
+  }
+  sc.kv_offset[B] = static_cast<int64_t>(sc.key_index.size());
+  return true;
+}
+
+}  // namespace
+
+OrtStatusPtr MaskedMHAKernel::ComputeV2(OrtKernelContext* context) {
+  try {
+    Ort::KernelContext ctx(context);
+    RunTeam(ctx, [&](const Parallel& par) { Run(ctx, par); });
+    return nullptr;
+  } catch (...) {
+    return CurrentStatus(Ort::GetApi());
+  }
+}
+
+const PackedWeight& MaskedMHAKernel::Packed(int input, const float* w, size_t row0, size_t n,
+                                            size_t k, PackedWeight* scratch) {
+  if (w != nullptr && w == constant_[input]) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    auto key = std::make_tuple(input, row0, n, k);
+    auto it = cache_.find(key);
+    if (it == cache_.end()) {
+      PackedWeight pw;
+      PackWeight(w, row0, n, k, &pw);
+      it = cache_.emplace(key, std::move(pw)).first;
+    }
+    return it->second;  // map nodes are stable and never erased
+  }
+  PackWeight(w, row0, n, k, scratch);
+  return *scratch;
+}
+
+// Step 3: the projection weights packed for the GEMM (once per session when they are constant
+// initializers), as the one, two or three projections forward.h describes.
+void MaskedMHAKernel::SelectWeights(const Problem& p, const KernelInputs& in, bool compact,
+                                    ForwardPlan* plan, WeightScratch* ws) {
+  const int64_t E = p.E;
+  const float* w_in = in.Float(kInProjWeight);
+  const bool same_kv = plan->key == plan->value && p.Kd == p.Vd;
+  const bool self_attn = p.packed && !compact && same_kv && plan->query == plan->key && p.L == p.S;
+  if (self_attn) {
+    plan->w_qkv = &Packed(kInProjWeight, w_in, 0, 3 * E, E, &ws->qkv);
+  } else {
+    plan->w_q = &Packed(kInProjWeight, w_in, 0, E, E, &ws->q);
+    if (p.packed && same_kv) {
+      plan->w_kv = &Packed(kInProjWeight, w_in, E, 2 * E, E, &ws->kv);  // rows [E, 3E): Wk, Wv
+    } else if (p.packed) {
+      plan->w_k = &Packed(kInProjWeight, w_in, E, E, p.Kd, &ws->k);
+      plan->w_v = &Packed(kInProjWeight, w_in, 2 * E, E, p.Vd, &ws->v);
+    } else {
+      plan->w_k = &Packed(kKProjWeight, in.Float(kKProjWeight), 0, E, p.Kd, &ws->k);
+      plan->w_v = &Packed(kVProjWeight, in.Float(kVProjWeight), 0, E, p.Vd, &ws->v);
+    }
+  }
+  plan->w_out = &Packed(kOutProjWeight, in.Float(kOutProjWeight), 0, E, E, &ws->out);
+}
+
+void MaskedMHAKernel::Run(Ort::KernelContext& ctx, const Parallel& par) {
+  const KernelInputs in = ReadInputs(ctx);
+  ForwardPlan plan;
+  plan.problem = Validate(in.desc, attrs_);
+  plan.attrs = attrs_;
+  const Problem& p = plan.problem;
+  plan.out = ctx.GetOutput(kOutput, {p.B, p.L, p.E}).GetTensorMutableData<float>();
+  if (attrs_.need_weights) {
+    const std::vector<int64_t> shape = attrs_.average_weights
+                                           ? std::vector<int64_t>{p.B, p.L, p.Sp}
+                                           : std::vector<int64_t>{p.B, p.H, p.L, p.Sp};
+    plan.weights = ctx.GetOutput(kAttnWeights, shape).GetTensorMutableData<float>();
+  }
+  if (p.B == 0 || p.L == 0) return;  // nothing to attend from: empty outputs
+
+  // A reference: tasks run on pool threads, where the name would mean their own copy.
+  thread_local Scratch scratch_tl;
+  Scratch& sc = scratch_tl;
+  Masks masks = PrepareMasks(p, in, sc, par);
+  const bool compact = PlanCompaction(p, in, &masks, sc, par);
+
+  plan.query = in.Float(kQuery);
+  plan.key = in.Float(kKey);
+  plan.value = in.Float(kValue);
+  plan.in_bias = in.Float(kInProjBias);
+  plan.out_bias = in.Float(kOutProjBias);
+  plan.bias_k = in.Float(kBiasK);
+  plan.bias_v = in.Float(kBiasV);
+  WeightScratch ws;  // used only for weights that are not constant initializers
+  SelectWeights(p, in, compact, &plan, &ws);
+  if (compact) {
+    plan.kv_offset = sc.kv_offset.data();
+    plan.key_index = sc.key_index.data();
+  }
+  plan.kpm = masks.kpm;  // null when compacted: the kept keys are all unmasked by it
+  plan.attn_mask = masks.attn_mask;
+  Forward(plan, par);
+}
+
+}  // namespace maskedmha

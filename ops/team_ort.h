@@ -1,0 +1,18 @@
+// The kernel's parallel phases on the session's intra-op pool: one TeamParallel section (team.h)
+// per call, inside a single KernelContext_ParallelFor (ORT API >= 17).
+#pragma once
+
+#include <onnxruntime_cxx_api.h>
+
+#include <functional>
+
+#include "parallel.h"
+
+namespace maskedmha {
+
+// Runs body(par) on the calling thread, its parallel phases shared with the pool's workers.
+// An exception thrown by body is rethrown on the calling thread as an Ort::Exception with the
+// status code it stands for (status.h).
+void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Parallel&)>& body);
+
+}  // namespace maskedmha
