@@ -28,14 +28,19 @@ echo "ort_venv: creating $venv (onnxruntime $ver, about a minute)" >&2
 rm -rf "$venv"
 mkdir -p "$root"
 "$PY" -m venv "$venv"
+# pip's own exit status counts (pipefail); only the machine's "Location ... is ignored" warnings
+# are filtered out.
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 \
-          | grep -v "^WARNING: Location" >&2 || true; }
+          | { grep -v "^WARNING: Location" || true; } >&2; }
 numpy_pin=$(grep '^numpy==' constraints.txt)
-case "$ver" in 1.1[0-8].*) numpy_pin="numpy==1.26.4" ;; esac
+not_pinned='onnxruntime|numpy'
+# numpy 1.x: ml_dtypes (onnx's dependency) is pinned at a release that needs numpy 2, so pip
+# chooses one that fits.
+case "$ver" in 1.1[0-8].*) numpy_pin="numpy==1.26.4"; not_pinned="$not_pinned|ml_dtypes" ;; esac
 pip install torch==2.13.0
 # Everything else at the versions constraints.txt pins, except onnxruntime (and numpy where the
 # release needs 1.x): a constraints file cannot be overridden, so it is filtered here.
-grep -v -E '^(onnxruntime|numpy)==' constraints.txt > "$venv/constraints.txt"
+grep -v -E "^($not_pinned)==" constraints.txt > "$venv/constraints.txt"
 echo "$numpy_pin" >> "$venv/constraints.txt"
 pip install -c "$venv/constraints.txt" "onnxruntime==$ver" "$numpy_pin" onnx onnxscript \
     pytest hypothesis scikit-build-core cmake ninja
