@@ -23,14 +23,11 @@ WorkBuffers& LocalBuffers() {
   return w;
 }
 
-}  // namespace
-
-void Forward(const ForwardPlan& pl, const Parallel& par) {
+// The Q, K and V projections (one, two or three GEMMs, see ForwardPlan) into wb: sets the
+// q / k / v pointers and strides of the returned AttentionArgs.
+AttentionArgs Project(const ForwardPlan& pl, WorkBuffers& wb, const Parallel& par) {
   const Problem& p = pl.problem;
-  const int64_t nb = p.B;
-  if (nb <= 0 || p.L == 0) return;
-  const int64_t L = p.L, S = p.S, E = p.E, H = p.H;
-  WorkBuffers& wb = LocalBuffers();
+  const int64_t nb = p.B, L = p.L, S = p.S, E = p.E;
   const float* query = pl.query;
   const int64_t* off = pl.kv_offset;
   const int64_t* key_index = pl.key_index;
@@ -77,15 +74,26 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
       a.k_stride = a.v_stride = E;
     }
   }
+  return a;
+}
 
+}  // namespace
+
+void Forward(const ForwardPlan& pl, const Parallel& par) {
+  const Problem& p = pl.problem;
+  const int64_t nb = p.B;
+  if (nb <= 0 || p.L == 0) return;
+  const int64_t L = p.L, E = p.E, H = p.H;
+  WorkBuffers& wb = LocalBuffers();
+  AttentionArgs a = Project(pl, wb, par);
   a.B = nb;
   a.L = L;
-  a.S = S;
+  a.S = p.S;
   a.H = H;
   a.D = p.D;
   a.scale = 1.0f / std::sqrt(static_cast<float>(p.D));
-  a.kv_offset = off;
-  a.key_index = key_index;
+  a.kv_offset = pl.kv_offset;
+  a.key_index = pl.key_index;
   a.bias_k = pl.bias_k;
   a.bias_v = pl.bias_v;
   a.zero_attn = pl.attrs.add_zero_attn;

@@ -110,14 +110,11 @@ void ValidateAttributes(const Attributes& a) {
          ", expected a positive int (the number of heads, dividing embed_dim)");
 }
 
-Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
-  if (in.size() != static_cast<size_t>(kNumInputs))
-    Fail("MaskedMHA: internal error: expected " + std::to_string(kNumInputs) +
-         " input descriptors");
-  ValidateAttributes(attrs);
-  Problem p;
+namespace {
 
-  // Presence and pairing.
+// Presence and pairing: required inputs given, 4/5 and 9/10 together.
+void CheckPresence(const std::vector<TensorDesc>& in, Problem* out) {
+  Problem& p = *out;
   for (int i = 0; i < kNumInputs; ++i)
     if (kInputs[i].required) RequirePresent(in, i);
   CheckPair(in, kKProjWeight, kVProjWeight);
@@ -126,16 +123,23 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   p.has_in_bias = in[kInProjBias].present;
   p.has_out_bias = in[kOutProjBias].present;
   p.has_bias_kv = in[kBiasK].present;
+}
 
-  // Element types.
+// Element types: float for data, bool or float for the masks.
+void CheckTypes(const std::vector<TensorDesc>& in, Problem* out) {
+  Problem& p = *out;
   for (int i = 0; i < kNumInputs; ++i)
     if (in[i].present) CheckType(in[i], i, i == kKeyPaddingMask || i == kAttnMask);
   if (in[kKeyPaddingMask].present)
     p.kpm = in[kKeyPaddingMask].elem_type == kElemBool ? MaskKind::kBool : MaskKind::kFloat;
   if (in[kAttnMask].present)
     p.attn_mask = in[kAttnMask].elem_type == kElemBool ? MaskKind::kBool : MaskKind::kFloat;
+}
 
-  // Ranks and dimensions.
+// Ranks and dimensions of query, key, value and the projection weights (E from query, S from
+// key, H from the attribute).
+void CheckProjections(const std::vector<TensorDesc>& in, const Attributes& attrs, Problem* out) {
+  Problem& p = *out;
   CheckRank(in[kQuery], kQuery, 3, "(B, L, E)");
   p.B = in[kQuery].shape[0];
   p.L = in[kQuery].shape[1];
@@ -172,6 +176,12 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
     CheckShape(in[kKProjWeight], kKProjWeight, {p.E, p.Kd}, "(E, kdim)");
     CheckShape(in[kVProjWeight], kVProjWeight, {p.E, p.Vd}, "(E, vdim)");
   }
+}
+
+// Dimensions of the biases and masks, then the extra keys.
+void CheckBiasesAndMasks(const std::vector<TensorDesc>& in, const Attributes& attrs,
+                         Problem* out) {
+  Problem& p = *out;
   if (p.has_in_bias) CheckShape(in[kInProjBias], kInProjBias, {3 * p.E}, "(3E)");
   CheckShape(in[kOutProjWeight], kOutProjWeight, {p.E, p.E}, "(E, E)");
   if (p.has_out_bias) CheckShape(in[kOutProjBias], kOutProjBias, {p.E}, "(E)");
@@ -198,9 +208,11 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
 
   p.X = (p.has_bias_kv ? 1 : 0) + (attrs.add_zero_attn ? 1 : 0);
   p.Sp = p.S + p.X;
+}
 
-  // Sizes of everything the kernel allocates or indexes; the message names the inputs whose
-  // dimensions are multiplied.
+// Sizes of everything the kernel allocates or indexes; the message names the inputs whose
+// dimensions are multiplied.
+void CheckSizes(const std::vector<TensorDesc>& in, const Problem& p) {
   const std::string q_shape = " from " + Named(kQuery) + " " + ShapeToString(in[kQuery].shape);
   const std::string k_shape = " and " + Named(kKey) + " " + ShapeToString(in[kKey].shape);
   CheckedProduct({p.B, p.L, 3, p.E}, "the projected query (B*L*3E)" + q_shape);
@@ -209,6 +221,21 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
   CheckedProduct({3, p.E, std::max(p.E, std::max(p.Kd, p.Vd))},
                  "the projection weights (3E*max(E, kdim, vdim))" + q_shape + k_shape);
   CheckedProduct({p.B, p.H, p.L, p.Sp}, "the attention weights (B*H*L*S')" + q_shape + k_shape);
+}
+
+}  // namespace
+
+Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
+  if (in.size() != static_cast<size_t>(kNumInputs))
+    Fail("MaskedMHA: internal error: expected " + std::to_string(kNumInputs) +
+         " input descriptors");
+  ValidateAttributes(attrs);
+  Problem p;
+  CheckPresence(in, &p);
+  CheckTypes(in, &p);
+  CheckProjections(in, attrs, &p);
+  CheckBiasesAndMasks(in, attrs, &p);
+  CheckSizes(in, p);
   return p;
 }
 
