@@ -42,7 +42,7 @@ def _models():
     from torch import nn
 
     sys.path.insert(0, HERE)
-    from mha_cases import Case, build_module, dynamic_axes, input_names, make_inputs, output_names
+    from helpers.cases import Case, build_module, dynamic_axes, input_names, make_inputs, output_names
     from maskedmha.demo import DYNAMIC_AXES, NAMES, DemoTranslator, demo_inputs
 
     models = {}
@@ -99,7 +99,7 @@ def _models():
 def _reference(module, args):
     import torch
     previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the documented path (mha_cases.reference)
+    torch.backends.mha.set_fastpath_enabled(False)  # the documented path (helpers.cases.reference)
     try:
         with torch.no_grad():
             out = module(*args)

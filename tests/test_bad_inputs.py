@@ -25,18 +25,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
-
-import maskedmha
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
-from test_kernel import INPUT_NAMES, assert_close, make_feeds, single_node_model, torch_reference
+from helpers.report import SUMMARY
+from helpers.graphs import loose_model, present, session
+from helpers.reference import assert_close, make_feeds, torch_reference
+from maskedmha.symbolic.schema import INPUT_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
 
-_ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
-              np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.bool_): TensorProto.BOOL,
-              np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
-              np.dtype(np.uint8): TensorProto.UINT8}
 MASKS = ("key_padding_mask", "attn_mask")
 
 # Base sizes chosen so that no two symbols are equal (a mutated dim can never match by accident).
@@ -84,35 +80,7 @@ def _dim_mutation_is_invalid(symbols: dict, name: str, axis: int) -> tuple[bool,
 
 
 # ----------------------------------------------------------------------------------------------
-# Graphs, sessions, running
-
-def loose_model(feeds: dict, num_heads: int, need_weights=False, **attrs) -> bytes:
-    """One MaskedMHA node; every given input is a graph input with no shape information and the
-    element type of its array."""
-    node_inputs, graph_inputs = [], []
-    for name in INPUT_NAMES:
-        arr = feeds.get(name)
-        if arr is None:
-            node_inputs.append("")
-            continue
-        node_inputs.append(name)
-        dtype = arr.data_type() if isinstance(arr, ort.OrtValue) else arr.dtype
-        elem = {"tensor(float)": TensorProto.FLOAT}.get(dtype) if isinstance(dtype, str) \
-            else _ONNX_TYPE[np.dtype(dtype)]
-        graph_inputs.append(helper.make_tensor_value_info(name, elem, None))
-    return single_node_model(node_inputs, graph_inputs, num_heads, need_weights, **attrs)
-
-
-def _session(model: bytes) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.log_severity_level = 4  # the expected errors would otherwise flood the log
-    return maskedmha.InferenceSession(model, so)
-
-
-def _present(feeds: dict) -> dict:
-    return {k: v for k, v in feeds.items() if v is not None}
-
+# Good configurations
 
 class Base:
     """A good configuration: its loose session, feeds and PyTorch-checked result."""
@@ -123,8 +91,8 @@ class Base:
         self.need_weights = attrs.pop("need_weights", False)
         self.attrs = attrs
         self.feeds = make_feeds(B, L, S, E, H, seed=zlib.crc32(name.encode()), **fk)
-        self.sess = _session(loose_model(self.feeds, H, self.need_weights, **attrs))
-        self.good = self.sess.run(None, _present(self.feeds))
+        self.sess = session(loose_model(self.feeds, H, self.need_weights, **attrs), quiet=True)
+        self.good = self.sess.run(None, present(self.feeds))
         ref, ref_w = torch_reference(self.feeds, H, add_zero_attn=bool(attrs.get("add_zero_attn")),
                                      need_weights=self.need_weights,
                                      average=bool(attrs.get("average_attn_weights", 1)))
@@ -136,13 +104,13 @@ class Base:
         """Whether `feeds` fit this base's session (same present inputs and element types)."""
         if attrs not in (None, self.attrs):
             return False
-        mine, theirs = _present(self.feeds), _present(feeds)
+        mine, theirs = present(self.feeds), present(feeds)
         return mine.keys() == theirs.keys() and all(
             not isinstance(theirs[k], ort.OrtValue) and theirs[k].dtype == mine[k].dtype
             for k in mine)
 
     def check_still_works(self):
-        res = self.sess.run(None, _present(self.feeds))
+        res = self.sess.run(None, present(self.feeds))
         for a, b in zip(res, self.good):
             np.testing.assert_array_equal(a, b)
 
@@ -157,16 +125,16 @@ def _expect_rejected(base: Base, feeds: dict, names: set, attrs: dict | None = N
     attrs = base.attrs if attrs is None else attrs
     with pytest.raises(Exception) as exc:
         if base.same_graph(feeds, attrs) and num_heads == H:
-            base.sess.run(None, _present(feeds))
+            base.sess.run(None, present(feeds))
         else:
-            sess = _session(loose_model(feeds, num_heads, base.need_weights, **attrs))
-            sess.run(None, _present(feeds))
+            sess = session(loose_model(feeds, num_heads, base.need_weights, **attrs), quiet=True)
+            sess.run(None, present(feeds))
     msg = str(exc.value)
     assert not isinstance(exc.value, (AssertionError, MemoryError)), msg
     # Where it must be caught: ORT rejects a non-float data input when the session is created
     # (schema types); everything else reaches the kernel and validate.cc.
     at_load = any(isinstance(v, np.ndarray) and v.dtype != np.float32 and k not in MASKS
-                  for k, v in _present(feeds).items())
+                  for k, v in present(feeds).items())
     stage = "INVALID_GRAPH" if at_load else "Status Message: MaskedMHA: "
     assert stage in msg, f"expected {stage!r} in: {msg}"
     _counts["load" if at_load else "kernel"] += 1
@@ -322,6 +290,20 @@ def bases():
 _counts = {"cases": 0, "kernel": 0, "load": 0}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report_count(request):
+    """After the last test of this file, whichever order they ran in (or whichever were
+    selected): the number of cases tried, printed in the run's summary."""
+    yield
+    if _counts["cases"]:
+        request.config.stash[SUMMARY].append(
+            f"bad-input fuzz: {_counts['cases']} cases, all rejected with a named input "
+            f"({_counts['kernel']} by the kernel's validation at run time, {_counts['load']} "
+            f"wrong data types by ORT at session creation, "
+            f"{_counts['cases'] - _counts['kernel'] - _counts['load']} missing required inputs "
+            "by ORT at session creation, named by position)")
+
+
 @pytest.mark.parametrize("base_name", list(BASES))
 def test_bad_inputs_are_rejected_naming_the_input(bases, base_name):
     base = bases[base_name]
@@ -346,7 +328,7 @@ def test_missing_required_inputs_rejected_when_session_is_created(bases):
         m.graph.node[0].input[i] = ""
         del m.graph.input[[vi.name for vi in m.graph.input].index(INPUT_NAMES[i])]
         with pytest.raises(Exception) as exc:
-            _session(m.SerializeToString())
+            session(m.SerializeToString(), quiet=True)
         assert f"input {i}" in str(exc.value), str(exc.value)
         base.check_still_works()
     _counts["cases"] += 5
@@ -358,7 +340,7 @@ def test_overflowing_sizes_rejected_before_allocation(bases):
     base = bases["packed_kpm_bool_am3_float"]
     n = 0
     for label, feeds, names, heads, need_weights in overflow_cases():
-        sess = _session(loose_model(feeds, heads, need_weights))
+        sess = session(loose_model(feeds, heads, need_weights), quiet=True)
         with pytest.raises(Exception) as exc:
             sess.run(None, feeds)
         msg = str(exc.value)
@@ -370,18 +352,6 @@ def test_overflowing_sizes_rejected_before_allocation(bases):
         base.check_still_works()
         n += 1
     _counts["cases"] += n
-
-
-def test_zzz_report_count(capsys):
-    """Runs last in this file (pytest keeps file order): prints the number of cases tried."""
-    if not _counts["cases"]:
-        pytest.skip("the case tests did not run")
-    with capsys.disabled():
-        print(f"\nbad-input fuzz: {_counts['cases']} cases, all rejected with a named input "
-              f"({_counts['kernel']} by the kernel's validation at run time, {_counts['load']} "
-              f"wrong data types by ORT at session creation, "
-              f"{_counts['cases'] - _counts['kernel'] - _counts['load']} missing required inputs "
-              "by ORT at session creation, named by position)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,8 +410,8 @@ def _nan_inf_cases():
 def test_nan_and_inf_values_propagate_like_pytorch(need_weights):
     n = 0
     for label, feeds in _nan_inf_cases():
-        sess = _session(loose_model(feeds, H, need_weights, fully_masked_row="nan"))
-        res = sess.run(None, _present(feeds))
+        sess = session(loose_model(feeds, H, need_weights, fully_masked_row="nan"), quiet=True)
+        res = sess.run(None, present(feeds))
         ref, ref_w = torch_reference(feeds, H, need_weights=True)
         try:
             _assert_same_with_nans(res[0], ref)
@@ -462,7 +432,7 @@ def test_errors_keep_their_status_code_through_the_thread_team():
     """Validation runs inside the kernel's thread-team section (RunTeam), whose error crosses the
     section as a code and a message: a bad shape is still ORT's INVALID_ARGUMENT (status 2)."""
     feeds = make_feeds(B, L, S, E, H, seed=7, kpm="bool")
-    sess = _session(loose_model(feeds, H))
-    bad = dict(_present(feeds), key_padding_mask=feeds["key_padding_mask"][:, :S - 1])
+    sess = session(loose_model(feeds, H), quiet=True)
+    bad = dict(present(feeds), key_padding_mask=feeds["key_padding_mask"][:, :S - 1])
     with pytest.raises(InvalidArgument, match=r"^\[ONNXRuntimeError\] : 2 : INVALID_ARGUMENT .*'key_padding_mask'"):
         sess.run(None, bad)

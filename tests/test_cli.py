@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import maskedmha
-from fused_model import E, fused_model
-from fused_model import feeds as fused_feeds
+from helpers.fused_model import E, fused_model
+from helpers.fused_model import feeds as fused_feeds
 from maskedmha.cli import main
 
 

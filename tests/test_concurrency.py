@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from mha_cases import CASES, export_case, feeds, make_inputs
+from helpers.cases import CASES, export_case, feeds, make_inputs
 
 CASE = next(c for c in CASES if c.name == "kpm_bool_am_float2")
 SHAPES = [(1, 3, 3), (2, 5, 5), (3, 9, 9), (4, 17, 17), (2, 33, 33), (5, 2, 2), (1, 40, 40), (3, 12, 12)]

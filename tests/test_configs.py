@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from mha_cases import (CASES, EXPORT_SHAPE, OTHER_SHAPES, assert_matches, build_module,
+from helpers.cases import (CASES, EXPORT_SHAPE, OTHER_SHAPES, assert_matches, build_module,
                        dynamic_axes, feeds, input_names, make_inputs, output_names, reference)
 
 EXPORTERS = ["dynamo", "torchscript"]
@@ -90,7 +90,7 @@ def test_fused_false_writes_standard_ops(exporter, tmp_path):
 @pytest.mark.parametrize("mask", ["kpm_bool", "kpm_float", "am_bool2"])
 def test_fully_masked_rows_follow_pytorch(mask, need_weights, exporter, tmp_path):
     """PyTorch gives NaN rows with need_weights=True and out_proj.bias rows without: so do we."""
-    from mha_cases import Case
+    from helpers.cases import Case
     case = Case("fully_masked", need_weights=need_weights,
                 kpm=mask.split("_")[1] if mask.startswith("kpm") else None,
                 attn_mask="bool2" if mask == "am_bool2" else None)

@@ -13,7 +13,8 @@ import onnxruntime
 import pytest
 import maskedmha
 
-from test_kernel import make_feeds, make_model, torch_reference
+from helpers.graphs import make_model
+from helpers.reference import make_feeds, torch_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "cpp")

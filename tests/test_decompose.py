@@ -11,121 +11,28 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 import maskedmha
 from maskedmha.symbolic.attach import GUARD_OVERLOADS, attach_functions
 from maskedmha.symbolic.fallback import Config, Signature, build_function
-from maskedmha.symbolic.mha_call import INPUT_NAMES, reference
-
-E, H, KD, VD = 12, 3, 10, 6
-
-
-def make_model(cfg: Config, opset: int) -> onnx.ModelProto:
-    """One MaskedMHA node (no functions yet) with every present input a graph input."""
-    kd, vd = (E, E) if cfg.packed else (KD, VD)
-    f32, b = TensorProto.FLOAT, TensorProto.BOOL
-    specs = {
-        "query": (f32, ["B", "L", E]), "key": (f32, ["B", "S", kd]),
-        "value": (f32, ["B", "S", vd]),
-        "in_proj_weight": (f32, [3 * E if cfg.packed else E, E]),
-        "k_proj_weight": (f32, [E, KD]) if not cfg.packed else None,
-        "v_proj_weight": (f32, [E, VD]) if not cfg.packed else None,
-        "in_proj_bias": (f32, [3 * E]) if cfg.in_bias else None,
-        "out_proj_weight": (f32, [E, E]),
-        "out_proj_bias": (f32, [E]) if cfg.out_bias else None,
-        "bias_k": (f32, [E]) if cfg.bias_kv else None,
-        "bias_v": (f32, [E]) if cfg.bias_kv else None,
-        "key_padding_mask": ((b if cfg.kpm == "b" else f32, ["B", "S"]) if cfg.kpm else None),
-        "attn_mask": None,
-    }
-    if cfg.am:
-        specs["attn_mask"] = (b if cfg.am[1] == "b" else f32,
-                              ["L", "S"] if cfg.am[0] == "2" else ["BH", "L", "S"])
-    inputs = [helper.make_tensor_value_info(n, *specs[n]) for n in INPUT_NAMES if specs[n]]
-    node_inputs = [n if specs[n] else "" for n in INPUT_NAMES]
-    outputs = [helper.make_tensor_value_info("output", f32, None)]
-    if cfg.weights:
-        outputs.append(helper.make_tensor_value_info("attn_weights", f32, None))
-    node = helper.make_node(
-        "MaskedMHA", node_inputs, [o.name for o in outputs], domain=maskedmha.DOMAIN,
-        num_heads=cfg.num_heads, is_causal=int(cfg.is_causal),
-        add_zero_attn=int(cfg.add_zero_attn), fully_masked_row="nan" if cfg.nan else "zero",
-        average_attn_weights=int(cfg.weights != "all"))
-    graph = helper.make_graph([node], "g", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                   helper.make_opsetid(maskedmha.DOMAIN, 1)],
-                             ir_version=10)
-
-
-def make_feeds(cfg: Config, B, L, S, seed, fully_masked=False):
-    rng = np.random.default_rng(seed)
-    kd, vd = (E, E) if cfg.packed else (KD, VD)
-    f = {"query": rng.standard_normal((B, L, E)), "key": rng.standard_normal((B, S, kd)),
-         "value": rng.standard_normal((B, S, vd)),
-         "in_proj_weight": rng.standard_normal((3 * E if cfg.packed else E, E)) * 0.3,
-         "out_proj_weight": rng.standard_normal((E, E)) * 0.3}
-    if not cfg.packed:
-        f["k_proj_weight"] = rng.standard_normal((E, KD)) * 0.3
-        f["v_proj_weight"] = rng.standard_normal((E, VD)) * 0.3
-    if cfg.in_bias:
-        f["in_proj_bias"] = rng.standard_normal(3 * E)
-    if cfg.out_bias:
-        f["out_proj_bias"] = rng.standard_normal(E)
-    if cfg.bias_kv:
-        f["bias_k"], f["bias_v"] = rng.standard_normal(E), rng.standard_normal(E)
-    f = {k: v.astype(np.float32) for k, v in f.items()}
-    if cfg.kpm:
-        m = rng.random((B, S)) < 0.3
-        if S:
-            m[:, 0] = False
-        if fully_masked and B:
-            m[-1, :] = True
-        f["key_padding_mask"] = m if cfg.kpm == "b" else np.where(
-            m, -np.inf, rng.standard_normal((B, S))).astype(np.float32)
-    if cfg.am:
-        shape = (L, S) if cfg.am[0] == "2" else (B * cfg.num_heads, L, S)
-        m = rng.random(shape) < 0.3
-        if S:
-            m[..., 0] = False
-        f["attn_mask"] = m if cfg.am[1] == "b" else np.where(
-            m, -np.inf, rng.standard_normal(shape)).astype(np.float32)
-    return f
-
-
-def torch_reference(cfg: Config, feeds):
-    args = [torch.from_numpy(feeds[n]) if n in feeds else None for n in INPUT_NAMES]
-    out, w = reference(*args, num_heads=cfg.num_heads, is_causal=int(cfg.is_causal),
-                       add_zero_attn=int(cfg.add_zero_attn),
-                       fully_masked_row="nan" if cfg.nan else "zero",
-                       average_attn_weights=int(cfg.weights != "all"))
-    return [out.numpy()] + ([w.numpy()] if cfg.weights else [])
-
+from helpers import ort_release
+from helpers.configs import E, H, assert_same, make_feeds, make_model, torch_reference
+from helpers.graphs import stock_session
 
 # What an older ORT says about an opset or IR version newer than it reads (ORT 1.17: opset 20,
 # IR 9; 1.19/1.20: opset 21, IR 10): the model is not for that runtime, so the test is skipped.
 TOO_NEW = ("Unsupported model IR version", "Current official support for domain ai.onnx is till")
-ORT_VERSION = tuple(int(x) for x in ort.__version__.split(".")[:2])
 
 
 def run_stock(model, feeds):
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = stock_session(model)
     except Exception as e:  # noqa: BLE001
-        if any(t in str(e) for t in TOO_NEW) and ORT_VERSION < (1, 32):
+        if any(t in str(e) for t in TOO_NEW) and ort_release.VERSION < (1, 32):
             pytest.skip(f"onnxruntime {ort.__version__} does not read this opset / IR version")
         raise
     return sess.run(None, feeds)
-
-
-def assert_same(got, ref, what):
-    assert len(got) == len(ref)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape, what
-        assert np.array_equal(np.isnan(g), np.isnan(r)), what
-        np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(r), rtol=1e-5, atol=2e-5,
-                                   err_msg=what)
 
 
 CONFIGS = [
@@ -231,7 +138,7 @@ def test_two_configs_in_one_model_get_their_own_functions():
     fa, fb = make_feeds(a, 2, 3, 3, seed=0), make_feeds(b, 2, 3, 3, seed=1)
     feeds = dict(fb)
     feeds.update(fa)
-    if ORT_VERSION < (1, 27):
+    if ort_release.VERSION < (1, 27):
         # ORT 1.19-1.26 ignore overloads (ORT 1.17 does not read IR 10): refused, never wrong
         with pytest.raises(Exception, match="needs_function_overloads|IR version"):
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -2,67 +2,20 @@
 decompose() all matching PyTorch, for both exporters."""
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 import maskedmha
+from helpers.exporting import (ATTENTION_OPS, EXPORTERS, KERNEL, close, count_mha, ort_run,
+                               runs)
+from helpers.reference import no_fastpath
 
-EXPORTERS = ["dynamo", "torchscript"]
 SHAPES = [(2, 5, 6), (3, 7, 4), (1, 3, 9)]   # (B, L, S): export shape first, then two others
-ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
-
-
-@contextlib.contextmanager
-def no_fastpath():
-    old = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(old)
-
-
-def ort_run(model, feeds: dict):
-    sess = model if isinstance(model, ort.InferenceSession) else ort.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
-
-
-def _kernel_available() -> bool:
-    """MASKEDMHA_LIBRARY names a build, or the packaged library loads."""
-    if os.environ.get("MASKEDMHA_LIBRARY"):
-        return True
-    try:
-        maskedmha.session_options()
-    except (maskedmha.LibraryNotFoundError, maskedmha.LibraryLoadError):
-        return False
-    return True
-
-
-KERNEL = _kernel_available()
-
-
-def runs(saved, dec):
-    """(label, model or session) pairs to check: stock ORT on the file and on decompose(), and
-    the fused kernel when MASKEDMHA_LIBRARY names a build."""
-    out = [("fallback", saved), ("decomposed", dec)]
-    if KERNEL:
-        out.append(("kernel", maskedmha.InferenceSession(saved.SerializeToString())))
-    return out
-
-
-def count_mha(model):
-    return sum(1 for n in model.graph.node
-               if n.domain == maskedmha.DOMAIN and n.op_type == maskedmha.OP_TYPE)
 
 
 def all_ops(model):
@@ -160,12 +113,6 @@ def dyn_axes(opts, mha):
 def feeds_of(q, k, v, kpm, am):
     return {n: t.numpy() for n, t in zip(["q", "k", "v", "kpm", "am"], (q, k, v, kpm, am))
             if t is not None}
-
-
-def close(got, ref, what):
-    ref = ref.detach().numpy()
-    scale = max(1.0, float(np.nanmax(np.abs(ref))) if ref.size else 1.0)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5 * scale, err_msg=what)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

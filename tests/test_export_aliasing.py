@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import maskedmha
-from test_export import EXPORTERS, close, count_mha, no_fastpath, ort_run, runs
+from helpers.exporting import EXPORTERS, close, count_mha, ort_run, runs
+from helpers.reference import no_fastpath
 
 E, H = 16, 4
 

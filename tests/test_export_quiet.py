@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import maskedmha
-from test_export import EXPORTERS, count_mha
+from helpers.exporting import EXPORTERS, count_mha
 
 NOISE = [
     "torchvision is not installed",

@@ -17,7 +17,6 @@ import copy
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -26,20 +25,12 @@ import maskedmha
 from maskedmha.symbolic.attach import (GUARD_OVERLOADS, attach_functions,
                                      lowest_ir_version, mha_nodes)
 from maskedmha.symbolic.fallback import DOMAIN, GUARD_OP, OP_TYPE, Config
-from maskedmha.symbolic.mha_call import INPUT_NAMES, reference
-from test_decompose import E, make_feeds, make_model
+from maskedmha.symbolic.mha_call import reference
+from maskedmha.symbolic.schema import INPUT_NAMES
+from helpers.configs import E, assert_same, attrs_of, make_feeds, make_model
+from helpers.graphs import stock_session as session
+from helpers.ort_release import HONOURS_OVERLOADS
 
-ORT_VERSION = tuple(int(x) for x in ort.__version__.split(".")[:2])
-# First ORT release that picks a model-local function by (domain, name, overload) (measured:
-# 1.26.0 does not, 1.27.0 does).
-HONOURS_OVERLOADS = ORT_VERSION >= (1, 27)
-
-
-def attrs_of(cfg: Config) -> dict:
-    return dict(num_heads=cfg.num_heads, is_causal=int(cfg.is_causal),
-                add_zero_attn=int(cfg.add_zero_attn),
-                fully_masked_row="nan" if cfg.nan else "zero",
-                average_attn_weights=int(cfg.weights != "all"))
 
 
 def chain(cfgs, opset=18) -> onnx.ModelProto:
@@ -104,19 +95,6 @@ def chain_reference(cfgs, feeds):
     return outs
 
 
-def session(model):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def assert_same(got, ref, what):
-    assert len(got) == len(ref), what
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape, what
-        assert np.array_equal(np.isnan(g), np.isnan(r)), what
-        np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(r), rtol=1e-5, atol=3e-5,
-                                   err_msg=what)
-
-
 def right_or_refused(model, cfgs, what, shapes=((2, 4, 5), (3, 1, 7), (1, 6, 2)), extra=None):
     """Run ``model``: session creation may fail (returns the error text); if it succeeds every
     output must match the reference.  Returns None when it ran.  ``extra``: more feeds."""
@@ -127,7 +105,8 @@ def right_or_refused(model, cfgs, what, shapes=((2, 4, 5), (3, 1, 7), (1, 6, 2))
     for i, (B, L, S) in enumerate(shapes):
         feeds = chain_feeds(cfgs, B, L, S, seed=i, fully_masked=(i == 0))
         feeds.update(extra or {})
-        assert_same(sess.run(None, feeds), chain_reference(cfgs, feeds), f"{what} {B, L, S}")
+        assert_same(sess.run(None, feeds), chain_reference(cfgs, feeds), f"{what} {B, L, S}",
+                    atol=3e-5)
     return None
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import maskedmha
-from test_export import ATTENTION_OPS, EXPORTERS, close, count_mha, ort_run, runs
+from helpers.exporting import ATTENTION_OPS, EXPORTERS, close, count_mha, ort_run, runs
 
 
 def _gen(seed):

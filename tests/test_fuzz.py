@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import maskedmha
-from mha_cases import Case, assert_matches, build_module, dynamic_axes, feeds, input_names, make_inputs, output_names, reference
+from helpers.cases import Case, assert_matches, build_module, dynamic_axes, feeds, input_names, make_inputs, output_names, reference
 
 EXAMPLES = int(os.environ.get("MASKEDMHA_FUZZ_EXAMPLES", "20"))
 TRIED = {"configs": 0, "runs": 0, "pytorch_undefined": 0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import maskedmha
-from mha_cases import CASES, export_case, feeds, make_inputs
+from helpers.cases import CASES, export_case, feeds, make_inputs
 
 RUNS = int(os.environ.get("MASKEDMHA_MEMORY_RUNS", "10000"))
 BOUND_MB = 8.0

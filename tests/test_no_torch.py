@@ -12,8 +12,8 @@ import types
 
 import pytest
 
-from fused_model import feeds, fused_model
-from venv_tools import (ROOT, built_wheel, compiler_free_env, install_wheel, pins, run_child,
+from helpers.fused_model import feeds, fused_model
+from helpers.venv_tools import (ROOT, built_wheel, compiler_free_env, install_wheel, pins, run_child,
                         runtime_venv)
 
 

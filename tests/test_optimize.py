@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from mha_cases import (EXPORT_SHAPE, OTHER_SHAPES, Case, assert_matches, build_module, export_case,
+from helpers.cases import (EXPORT_SHAPE, OTHER_SHAPES, Case, assert_matches, build_module, export_case,
                        feeds, make_inputs, reference)
 
 CASE = Case("optimize", kpm="bool", attn_mask="float2")

@@ -23,7 +23,8 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from test_kernel import assert_close, make_feeds, make_model, session, torch_reference
+from helpers.graphs import make_model, session
+from helpers.reference import assert_close, make_feeds, torch_reference
 
 ORT_VERSION = tuple(int(x) for x in ort.__version__.split(".")[:2])
 # ORT releases whose OrtShapeInferContext handles absent optional inputs (see ops/ort_api.h).
@@ -43,7 +44,8 @@ ABSENT_CONFIGS = {
 _CHILD = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from test_kernel import assert_close, make_feeds, make_model, session, torch_reference
+    from helpers.graphs import make_model, session
+    from helpers.reference import assert_close, make_feeds, torch_reference
     feeds = make_feeds({B}, {L}, {S}, {E}, {H}, seed=11, **{kw!r})
     sess = session(make_model(feeds, {H}))
     (out,) = sess.run(None, {{k: v for k, v in feeds.items() if v is not None}})

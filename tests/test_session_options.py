@@ -8,7 +8,7 @@ import pytest
 
 import maskedmha
 from maskedmha._library import LIBRARY_ENV
-from fused_model import feeds, fused_model
+from helpers.fused_model import feeds, fused_model
 
 
 @pytest.fixture(scope="module")

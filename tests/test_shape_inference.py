@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import maskedmha
-from test_kernel import assert_close, make_feeds, make_model, torch_reference
+from helpers.graphs import make_model
+from helpers.reference import assert_close, make_feeds, torch_reference
 
 B, L, S, E, H = 2, 5, 7, 12, 3
 
@@ -141,7 +142,7 @@ def _dims(vi):
     ("bias_kv_zero_attn_weights", False), ("bias_kv_zero_attn_weights", True),
     ("weights_avg", True), ("weights_per_head", False), ("cross_kdim_vdim", True)])
 def test_exported_models_infer_output_shapes(tmp_path, name, dynamic):
-    from mha_cases import CASES, EXPORT_SHAPE, export_case
+    from helpers.cases import CASES, EXPORT_SHAPE, export_case
     case = next(c for c in CASES if c.name == name)
     path = export_case(case, str(tmp_path / "m.onnx"), dynamic=dynamic)
     model = onnx.shape_inference.infer_shapes(onnx.load(path), strict_mode=True)

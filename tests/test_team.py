@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import maskedmha
-from mha_cases import CASES, export_case, feeds, make_inputs
+from helpers.cases import CASES, export_case, feeds, make_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

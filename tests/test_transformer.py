@@ -9,8 +9,8 @@ from torch import nn
 
 import maskedmha
 from maskedmha.demo import DYNAMIC_AXES, NAMES, DemoTranslator, demo_inputs
-import ort_release
-from mha_cases import assert_matches
+from helpers import ort_release
+from helpers.cases import assert_matches
 
 EXPORTERS = ["dynamo", "torchscript"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fused_model import feeds, fused_model
-from venv_tools import built_wheel, install_wheel, pins, run_child, runtime_venv
+from helpers.fused_model import feeds, fused_model
+from helpers.venv_tools import built_wheel, install_wheel, pins, run_child, runtime_venv
 
 OLDEST_GLIBC_TARGET = (2, 28)  # manylinux_2_28 (AlmaLinux 8, GCC 8's libstdc++) or older
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .reference import no_fastpath
+
 
 @dataclass(frozen=True)
 class Case:
@@ -185,13 +187,8 @@ def export_case(case: Case, path: str, dynamic: bool = True) -> str:
 def reference(module: nn.Module, args: dict) -> list[np.ndarray]:
     """PyTorch's own answer, from F.multi_head_attention_forward: the fast path
     (aten::_native_multi_head_attention) is switched off so the reference is the documented code."""
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            out = module(*args.values())
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
+    with no_fastpath(), torch.no_grad():
+        out = module(*args.values())
     outs = out if isinstance(out, tuple) else (out,)
     return [o.numpy() for o in outs]
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "test-cache"
 # What the wheel is built from.
 WHEEL_INPUTS = ("CMakeLists.txt", "pyproject.toml", "cmake", "ops", "python/maskedmha", "symbolic",
