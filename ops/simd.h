@@ -71,5 +71,48 @@ static inline __attribute__((always_inline)) void Transpose16x16(V16* v) {
   }
 }
 
+// The int vector of the same width (exponent bits of 2^n in ExpV).
+typedef int32_t I4 __attribute__((vector_size(16)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+template <typename V> struct IntVec;
+template <> struct IntVec<V4> { typedef I4 type; };
+template <> struct IntVec<V8> { typedef I8 type; };
+template <> struct IntVec<V16> { typedef I16 type; };
+
+// Every lane x.
+template <typename V>
+static inline __attribute__((always_inline)) V Splat(float x) {
+  return V{} + x;
+}
+
+// Horizontal max / sum of a vector by halving (a tree: short dependency chains).
+static inline __attribute__((always_inline)) float HMax(V4 v) {
+  const float a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
+  return a > b ? a : b;
+}
+static inline __attribute__((always_inline)) float HSum(V4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+template <typename V, typename H>
+static inline __attribute__((always_inline)) void Halves(V v, H* lo, H* hi) {
+  std::memcpy(lo, &v, sizeof(H));
+  std::memcpy(hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+}
+// V8 -> V4, V16 -> V8: the vector of half the width.
+template <typename V> struct HalfOf;
+template <> struct HalfOf<V8> { typedef V4 type; };
+template <> struct HalfOf<V16> { typedef V8 type; };
+template <typename V, typename H = typename HalfOf<V>::type>
+static inline __attribute__((always_inline)) float HMax(V v) {
+  H a, b;
+  Halves(v, &a, &b);
+  return HMax((a > b) ? a : b);
+}
+template <typename V, typename H = typename HalfOf<V>::type>
+static inline __attribute__((always_inline)) float HSum(V v) {
+  H a, b;
+  Halves(v, &a, &b);
+  return HSum(a + b);
+}
+
 }  // namespace simd
 }  // namespace maskedmha
