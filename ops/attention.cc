@@ -196,6 +196,146 @@ static inline __attribute__((always_inline)) void BlockPV(const float* vp_bh, in
     AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, vb, nk, D, sc.acc.data() + r * D);
 }
 
+// One task: query rows [i0, i0 + nq) of head h of batch item b against that head's packed
+// keys / values (kt_bh, vp_bh), with the per-thread scratch.  nqr: nq rounded up to the row
+// tile; keys [0, end) take part (end < total when the causal mask hides the tail).
+struct Task {
+  const AttentionArgs& a;
+  const KeyLayout& kl;
+  const float* kt_bh;
+  const float* vp_bh;
+  int64_t b, h, i0, nq, nqr;
+  Scratch& sc;
+  int64_t total = 0, end = 0, Sp = 0;
+  const int64_t* cols = nullptr;
+
+  float* WeightsRow(int64_t r) const { return a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp; }
+};
+
+// The task's query rows scaled into sc.qs, one contiguous row each (see ScoreRows); rows past
+// nq are zero.
+static inline __attribute__((always_inline)) void LoadQueries(const Task& t) {
+  const AttentionArgs& a = t.a;
+  const int64_t D = a.D;
+  // The query rows and output rows of one head are short pieces of long rows (stride E or 3E):
+  // ask for all their cache lines up front so the misses overlap.
+  for (int64_t r = 0; r < t.nq; ++r) {
+    const float* q = a.q + (t.b * a.L + t.i0 + r) * a.q_stride + t.h * D;
+    float* out = a.out + (t.b * a.L + t.i0 + r) * a.out_stride + t.h * D;
+    for (int64_t d = 0; d < D; d += 16) {
+      __builtin_prefetch(q + d);
+      __builtin_prefetch(out + d, 1);
+    }
+  }
+  for (int64_t r = 0; r < t.nqr; ++r) {
+    float* qs = t.sc.qs.data() + r * D;
+    if (r < t.nq) {
+      const float* q = a.q + (t.b * a.L + t.i0 + r) * a.q_stride + t.h * D;
+      for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
+    } else {
+      for (int64_t d = 0; d < D; ++d) qs[d] = 0.0f;
+    }
+  }
+}
+
+// Key columns increase with t, so under the causal mask every block from the first whose
+// smallest column lies after the task's last row is hidden entirely: it would add exactly 0.
+// Returns where the keys that take part end.
+static inline __attribute__((always_inline)) int64_t CausalEnd(const Task& t) {
+  if (!t.a.causal) return t.total;
+  const int64_t imax = t.i0 + t.nq - 1;
+  for (int64_t t0 = 0; t0 < t.total; t0 += kKB)
+    if (t.cols[t0] > imax) return t0;
+  return t.total;
+}
+
+// Without weights: one pass, online softmax; sc.l gets the rows' sums.
+template <int RB, int NV, typename V>
+static inline __attribute__((always_inline)) void OnePass(const Task& t) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  const int64_t D = t.a.D;
+  Scratch& sc = t.sc;
+  for (int64_t t0 = 0; t0 < t.end; t0 += kKB) {
+    const int64_t nk = std::min(kKB, t.total - t0);
+    const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
+    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.i0, t.nq, t.nqr, t0, nk, sc);
+    bool live;
+#ifdef MASKEDMHA_X86
+    if constexpr (std::is_same_v<V, V16>)
+      live = OnlineSoftmaxAvx512(sc.s.data(), t.nq, nw, D, sc.m.data(), sc.lv.data(), sc.acc.data());
+    else
+#endif
+      live = OnlineSoftmax<V>(sc.s.data(), t.nq, nw, D, sc.m.data(), sc.lv.data(), sc.acc.data());
+    // A block the masks hide entirely adds p = 0 to every row: skip P·V -- unless a value in it
+    // is NaN or infinite, where PyTorch's 0 * v gives NaN and so must we.
+    if (live || !simd::AllFinite<V>(t.vp_bh + t0 * D, nk * D))
+      BlockPV<RB, NV, V>(t.vp_bh, D, t.nqr, t0, nk, sc);
+  }
+  for (int64_t r = 0; r < t.nq; ++r) sc.l[r] = HSum(Load<V>(sc.lv.data() + r * W));
+}
+
+// With weights: pass 1 finds each row's max and sum (sc.m, sc.l), pass 2 recomputes the scores,
+// writes the normalised probabilities and accumulates P·V.
+template <int RB, int NV, typename V>
+static inline __attribute__((always_inline)) void TwoPass(const Task& t) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  const int64_t D = t.a.D;
+  Scratch& sc = t.sc;
+  float* m = sc.m.data();
+  float* l = sc.l.data();
+  for (int64_t t0 = 0; t0 < t.end; t0 += kKB) {
+    const int64_t nk = std::min(kKB, t.total - t0);
+    const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
+    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.i0, t.nq, t.nqr, t0, nk, sc);
+    // The same online step as without weights, but no accumulator yet (D = 0); the scores are
+    // overwritten, pass 2 recomputes them.
+    OnlineSoftmax<V>(sc.s.data(), t.nq, nw, 0, m, sc.lv.data(), nullptr);
+  }
+  for (int64_t r = 0; r < t.nq; ++r) l[r] = HSum(Load<V>(sc.lv.data() + r * W));
+  // Probabilities of dropped (compacted-away) keys are exactly 0.
+  for (int64_t r = 0; r < t.nq; ++r) std::fill(t.WeightsRow(r), t.WeightsRow(r) + t.Sp, 0.0f);
+  for (int64_t t0 = 0; t0 < t.end; t0 += kKB) {
+    const int64_t nk = std::min(kKB, t.total - t0);
+    const int64_t nw = (nk + W - 1) / W * W;
+    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.i0, t.nq, t.nqr, t0, nk, sc);
+    for (int64_t r = 0; r < t.nq; ++r) {
+      float* srow = sc.s.data() + r * kKB;
+      if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
+        for (int64_t c = 0; c < kKB; ++c) srow[c] = 0.0f;
+        continue;
+      }
+      BlockExp<V>(srow, nw, m[r], 1.0f / l[r]);
+      float* wrow = t.WeightsRow(r);
+      for (int64_t c = 0; c < nk; ++c) wrow[t.cols[t0 + c]] = srow[c];
+    }
+    BlockPV<RB, NV, V>(t.vp_bh, D, t.nqr, t0, nk, sc);
+  }
+}
+
+// Writes the head's slice of each output row (and fully masked rows of the weights).  S' == 0
+// (no keys at all) is the "zero" answer in both modes; otherwise l == 0 means every key was
+// masked.  With weights the accumulator already holds normalised sums.
+template <bool kWeights>
+static inline __attribute__((always_inline)) void WriteRows(const Task& t) {
+  const AttentionArgs& a = t.a;
+  const int64_t D = a.D;
+  const float fill = (a.nan_rows && t.Sp > 0) ? kNaN : 0.0f;
+  for (int64_t r = 0; r < t.nq; ++r) {
+    float* out = a.out + (t.b * a.L + t.i0 + r) * a.out_stride + t.h * D;
+    const float* acc = t.sc.acc.data() + r * D;
+    const float l = t.sc.l[r];
+    if (l == 0.0f) {
+      for (int64_t d = 0; d < D; ++d) out[d] = fill;
+      if (kWeights) std::fill(t.WeightsRow(r), t.WeightsRow(r) + t.Sp, fill);
+    } else if (kWeights) {
+      for (int64_t d = 0; d < D; ++d) out[d] = acc[d];
+    } else {
+      const float inv = 1.0f / l;
+      for (int64_t d = 0; d < D; ++d) out[d] = acc[d] * inv;
+    }
+  }
+}
+
 template <bool kWeights, int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& a,
                                                            const KeyLayout& kl,
@@ -203,128 +343,24 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
                                                            const float* vp_bh, int64_t b,
                                                            int64_t h, int64_t i0, int64_t nq) {
   static_assert(kQB % RB == 0, "query block must be a whole number of row tiles");
+  constexpr int W = sizeof(V) / sizeof(float);
   const int64_t D = a.D;
-  const int64_t nqr = (nq + RB - 1) / RB * RB;
   Scratch& sc = LocalScratch();
   sc.qs.resize(kQB * D);
   sc.acc.assign(kQB * D, 0.0f);
   sc.s.resize(kQB * kKB);
   sc.m.assign(kQB, kNegInf);
   sc.l.assign(kQB, 0.0f);
-
-  // The query rows and output rows of one head are short pieces of long rows (stride E or 3E):
-  // ask for all their cache lines up front so the misses overlap.
-  for (int64_t r = 0; r < nq; ++r) {
-    const float* q = a.q + (b * a.L + i0 + r) * a.q_stride + h * D;
-    float* out = a.out + (b * a.L + i0 + r) * a.out_stride + h * D;
-    for (int64_t d = 0; d < D; d += 16) {
-      __builtin_prefetch(q + d);
-      __builtin_prefetch(out + d, 1);
-    }
-  }
-  // Scaled queries, one contiguous row each (see ScoreRows); rows past nq are zero.
-  for (int64_t r = 0; r < nqr; ++r) {
-    float* qs = sc.qs.data() + r * D;
-    if (r < nq) {
-      const float* q = a.q + (b * a.L + i0 + r) * a.q_stride + h * D;
-      for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
-    } else {
-      for (int64_t d = 0; d < D; ++d) qs[d] = 0.0f;
-    }
-  }
-  constexpr int W = sizeof(V) / sizeof(float);
   sc.lv.assign(kQB * W, 0.0f);
-  const int64_t total = kl.total[b];
-  const int64_t Sp = a.S + (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
-  const int64_t* cols = kl.col.data() + kl.key_off[b];
-  float* m = sc.m.data();
-  float* l = sc.l.data();
-  // Key columns increase with t, so under the causal mask every block from the first whose
-  // smallest column lies after the last row is hidden entirely: it would add exactly 0.
-  int64_t end = total;
-  if (a.causal) {
-    const int64_t imax = i0 + nq - 1;
-    for (int64_t t0 = 0; t0 < total; t0 += kKB)
-      if (cols[t0] > imax) {
-        end = t0;
-        break;
-      }
-  }
-
-  if (!kWeights) {
-    // One pass, online softmax.
-    for (int64_t t0 = 0; t0 < end; t0 += kKB) {
-      const int64_t nk = std::min(kKB, total - t0);
-      const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
-      BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
-      bool live;
-#ifdef MASKEDMHA_X86
-      if constexpr (std::is_same_v<V, V16>)
-        live = OnlineSoftmaxAvx512(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
-      else
-#endif
-        live = OnlineSoftmax<V>(sc.s.data(), nq, nw, D, m, sc.lv.data(), sc.acc.data());
-      // A block the masks hide entirely adds p = 0 to every row: skip P·V -- unless a value in it
-      // is NaN or infinite, where PyTorch's 0 * v gives NaN and so must we.
-      if (live || !simd::AllFinite<V>(vp_bh + t0 * D, nk * D))
-        BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
-    }
-  } else {
-    // Pass 1: row max and normaliser.
-    for (int64_t t0 = 0; t0 < end; t0 += kKB) {
-      const int64_t nk = std::min(kKB, total - t0);
-      const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
-      BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
-      // The same online step as without weights, but no accumulator yet (D = 0); the scores are
-      // overwritten, pass 2 recomputes them.
-      OnlineSoftmax<V>(sc.s.data(), nq, nw, 0, m, sc.lv.data(), nullptr);
-    }
-    for (int64_t r = 0; r < nq; ++r) l[r] = HSum(Load<V>(sc.lv.data() + r * W));
-    // Probabilities of dropped (compacted-away) keys are exactly 0.
-    for (int64_t r = 0; r < nq; ++r) {
-      float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
-      std::fill(wrow, wrow + Sp, 0.0f);
-    }
-    // Pass 2: normalised probabilities, written out and applied to V.
-    for (int64_t t0 = 0; t0 < end; t0 += kKB) {
-      const int64_t nk = std::min(kKB, total - t0);
-      const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
-      BlockScores<RB, NV, V>(a, kl, kt_bh, b, h, i0, nq, nqr, t0, nk, sc);
-      for (int64_t r = 0; r < nq; ++r) {
-        float* srow = sc.s.data() + r * kKB;
-        if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
-          for (int64_t c = 0; c < kKB; ++c) srow[c] = 0.0f;
-          continue;
-        }
-        BlockExp<V>(srow, nw, m[r], 1.0f / l[r]);
-        float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
-        for (int64_t c = 0; c < nk; ++c) wrow[cols[t0 + c]] = srow[c];
-      }
-      BlockPV<RB, NV, V>(vp_bh, D, nqr, t0, nk, sc);
-    }
-  }
-
-  if (!kWeights)
-    for (int64_t r = 0; r < nq; ++r) l[r] = HSum(Load<V>(sc.lv.data() + r * W));
-  // Write the head's slice of each row.  S' == 0 (no keys at all) is the "zero" answer in both
-  // modes; otherwise l == 0 means every key was masked.
-  const float fill = (a.nan_rows && Sp > 0) ? kNaN : 0.0f;
-  for (int64_t r = 0; r < nq; ++r) {
-    float* out = a.out + (b * a.L + i0 + r) * a.out_stride + h * D;
-    const float* acc = sc.acc.data() + r * D;
-    if (l[r] == 0.0f) {
-      for (int64_t d = 0; d < D; ++d) out[d] = fill;
-      if (kWeights) {
-        float* wrow = a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp;
-        std::fill(wrow, wrow + Sp, fill);
-      }
-    } else if (kWeights) {
-      for (int64_t d = 0; d < D; ++d) out[d] = acc[d];
-    } else {
-      const float inv = 1.0f / l[r];
-      for (int64_t d = 0; d < D; ++d) out[d] = acc[d] * inv;
-    }
-  }
+  Task t{a, kl, kt_bh, vp_bh, b, h, i0, nq, (nq + RB - 1) / RB * RB, sc};
+  t.total = kl.total[b];
+  t.Sp = a.S + (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
+  t.cols = kl.col.data() + kl.key_off[b];
+  t.end = CausalEnd(t);
+  LoadQueries(t);
+  if (kWeights) TwoPass<RB, NV, V>(t);
+  else OnePass<RB, NV, V>(t);
+  WriteRows<kWeights>(t);
 }
 
 // kt_bh / vp_bh: the packed keys / values of head h of batch item b (PackHead).
