@@ -1,64 +1,61 @@
 """torch.export (``dynamo=True``) route: custom ops ``maskedmha::masked_mha`` (one output) and
 ``maskedmha::masked_mha_w`` (output + attention weights), each mapped through
-``custom_translation_table`` to an onnxscript function that emits one MaskedMHA node."""
-from __future__ import annotations
+``custom_translation_table`` to an onnxscript function that emits one MaskedMHA node.
 
-from typing import Optional
+The two custom ops take the op's 13 inputs and 5 attributes in schema.py's order; their
+torch.library schema is written once (``_ARGS``) from schema.py, so their Python bodies take
+``*args``.  The two onnxscript functions spell the 18 parameters out: onnxscript compiles a
+function from its source, which must name every parameter.  (``torch.onnx.ops.symbolic_multi_out``
+would need neither, but needs torch >= 2.8; the export extra allows torch >= 2.6.)"""
+from __future__ import annotations
 
 import onnxscript
 from onnxscript import FLOAT
 import torch
-from torch import Tensor
 
 from .mha_call import OpCall, reference, weights_shape
-from .schema import DOMAIN, OPSET_VERSION
+from .schema import ATTRIBUTES, DOMAIN, INPUT_NAMES, OPSET_VERSION
 
 _opset = onnxscript.values.Opset(domain=DOMAIN, version=OPSET_VERSION)
 
+_REQUIRED = {"query", "key", "value", "in_proj_weight", "out_proj_weight"}
+# The custom ops' argument list, in torch.library schema syntax: what torch inferred from the
+# annotated signatures this replaces (a Python int is a SymInt there).
+_ATTR_TYPES = {"num_heads": "SymInt", "is_causal": "SymInt", "add_zero_attn": "SymInt",
+               "fully_masked_row": "str", "average_attn_weights": "SymInt"}
+_ARGS = ", ".join([f"Tensor{'' if n in _REQUIRED else '?'} {n}" for n in INPUT_NAMES]
+                  + [f"{_ATTR_TYPES[a]} {a}" for a in ATTRIBUTES])
 
-@torch.library.custom_op("maskedmha::masked_mha", mutates_args=())
-def masked_mha(query: Tensor, key: Tensor, value: Tensor, in_proj_weight: Tensor,
-               k_proj_weight: Optional[Tensor], v_proj_weight: Optional[Tensor],
-               in_proj_bias: Optional[Tensor], out_proj_weight: Tensor,
-               out_proj_bias: Optional[Tensor], bias_k: Optional[Tensor],
-               bias_v: Optional[Tensor], key_padding_mask: Optional[Tensor],
-               attn_mask: Optional[Tensor], num_heads: int, is_causal: int, add_zero_attn: int,
-               fully_masked_row: str, average_attn_weights: int) -> Tensor:
-    return reference(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
-                     in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
-                     key_padding_mask, attn_mask, num_heads, is_causal, add_zero_attn,
-                     fully_masked_row, average_attn_weights)[0].clone()
+
+def _named(args) -> dict:
+    """The custom ops' positional arguments by name."""
+    return dict(zip(INPUT_NAMES + ATTRIBUTES, args))
+
+
+@torch.library.custom_op("maskedmha::masked_mha", mutates_args=(), schema=f"({_ARGS}) -> Tensor")
+def masked_mha(*args):
+    return reference(*args)[0].clone()
 
 
 @masked_mha.register_fake
-def _(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
-      out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask, num_heads,
-      is_causal, add_zero_attn, fully_masked_row, average_attn_weights):
+def _(*args):
+    query = args[0]
     return query.new_empty(query.shape)
 
 
-@torch.library.custom_op("maskedmha::masked_mha_w", mutates_args=())
-def masked_mha_w(query: Tensor, key: Tensor, value: Tensor, in_proj_weight: Tensor,
-                 k_proj_weight: Optional[Tensor], v_proj_weight: Optional[Tensor],
-                 in_proj_bias: Optional[Tensor], out_proj_weight: Tensor,
-                 out_proj_bias: Optional[Tensor], bias_k: Optional[Tensor],
-                 bias_v: Optional[Tensor], key_padding_mask: Optional[Tensor],
-                 attn_mask: Optional[Tensor], num_heads: int, is_causal: int, add_zero_attn: int,
-                 fully_masked_row: str, average_attn_weights: int) -> tuple[Tensor, Tensor]:
-    out, w = reference(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
-                       in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
-                       key_padding_mask, attn_mask, num_heads, is_causal, add_zero_attn,
-                       fully_masked_row, average_attn_weights)
+@torch.library.custom_op("maskedmha::masked_mha_w", mutates_args=(),
+                         schema=f"({_ARGS}) -> (Tensor, Tensor)")
+def masked_mha_w(*args):
+    out, w = reference(*args)
     return out.clone(), w.clone()
 
 
 @masked_mha_w.register_fake
-def _(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
-      out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask, num_heads,
-      is_causal, add_zero_attn, fully_masked_row, average_attn_weights):
-    shape = weights_shape(query, key, num_heads, bias_k is not None, add_zero_attn,
-                          average_attn_weights)
-    return query.new_empty(query.shape), query.new_empty(shape)
+def _(*args):
+    a = _named(args)
+    shape = weights_shape(a["query"], a["key"], a["num_heads"], a["bias_k"] is not None,
+                          a["add_zero_attn"], a["average_attn_weights"])
+    return a["query"].new_empty(a["query"].shape), a["query"].new_empty(shape)
 
 
 @onnxscript.script(_opset)

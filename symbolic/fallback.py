@@ -49,6 +49,17 @@ GUARD_OP = ("MaskedMHA_fallback_of_this_file_needs_ONNX_function_overloads__"
             "use_onnxruntime_1_27_or_later_or_register_libmaskedmha_ops_or_maskedmha_decompose")
 
 
+def _weight_parts(spec) -> list[str]:
+    """The start of a Signature's or Config's id: which weight and bias inputs are present."""
+    return ["packed" if spec.packed else "sep",
+            *_present(spec.in_bias and "ib", spec.out_bias and "ob", spec.bias_kv and "bkv")]
+
+
+def _present(*parts) -> list[str]:
+    """The parts of an id that apply (the others are False or None)."""
+    return [p for p in parts if p]
+
+
 @dataclass(frozen=True)
 class Signature:
     """What changes the shape of a MaskedMHA call, not just a value: which optional inputs are
@@ -64,20 +75,8 @@ class Signature:
 
     @property
     def id(self) -> str:
-        parts = ["packed" if self.packed else "sep"]
-        if self.in_bias:
-            parts.append("ib")
-        if self.out_bias:
-            parts.append("ob")
-        if self.bias_kv:
-            parts.append("bkv")
-        if self.kpm:
-            parts.append(f"kpm_{self.kpm}")
-        if self.am:
-            parts.append(f"am_{self.am}")
-        if self.weights:
-            parts.append("w")
-        return ".".join(parts)
+        return ".".join(_weight_parts(self) + _present(
+            self.kpm and f"kpm_{self.kpm}", self.am and f"am_{self.am}", self.weights and "w"))
 
 
 @dataclass(frozen=True)
@@ -103,26 +102,10 @@ class Config:
 
     @property
     def id(self) -> str:
-        parts = [f"h{self.num_heads}", "packed" if self.packed else "sep"]
-        if self.in_bias:
-            parts.append("ib")
-        if self.out_bias:
-            parts.append("ob")
-        if self.bias_kv:
-            parts.append("bkv")
-        if self.add_zero_attn:
-            parts.append("za")
-        if self.kpm:
-            parts.append(f"kpm_{self.kpm}")
-        if self.am:
-            parts.append(f"am{self.am[0]}_{self.am[1]}")
-        if self.is_causal:
-            parts.append("causal")
-        if self.nan:
-            parts.append("nan")
-        if self.weights:
-            parts.append(f"w_{self.weights}")
-        return ".".join(parts)
+        return ".".join([f"h{self.num_heads}", *_weight_parts(self)] + _present(
+            self.add_zero_attn and "za", self.kpm and f"kpm_{self.kpm}",
+            self.am and f"am{self.am[0]}_{self.am[1]}", self.is_causal and "causal",
+            self.nan and "nan", self.weights and f"w_{self.weights}"))
 
 
 class _Builder:

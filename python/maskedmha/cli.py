@@ -44,6 +44,19 @@ def _size(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+def _add_run_options(parser: argparse.ArgumentParser, runs_help: str) -> None:
+    """--runs and --threads, for the commands that time ONNX Runtime sessions."""
+    parser.add_argument("--runs", type=_at_least_1, default=20, metavar="N", help=runs_help)
+    parser.add_argument("--threads", type=_at_least_1, default=None, metavar="N",
+                        help="ONNX Runtime intra-op threads (default: ORT's choice)")
+
+
+def _add_in_out(parser: argparse.ArgumentParser, in_help: str, out_help: str) -> None:
+    """IN.onnx and OUT.onnx, for the commands that write a changed copy of a model."""
+    parser.add_argument("input", metavar="IN.onnx", help=in_help)
+    parser.add_argument("output", metavar="OUT.onnx", help=out_help)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -63,10 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="folder for the .onnx files (default: a new temporary folder)")
     demo.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                       help="torch.onnx exporter to use (default: dynamo)")
-    demo.add_argument("--runs", type=_at_least_1, default=20, metavar="N",
-                      help="timed runs per graph (default 20)")
-    demo.add_argument("--threads", type=_at_least_1, default=None, metavar="N",
-                      help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    _add_run_options(demo, "timed runs per graph (default 20)")
 
     cmp = sub.add_parser(
         "compare", help="run MODEL fused (with the library) and decomposed (stock ORT), side by side",
@@ -83,10 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--dim", action="append", default=[], type=_size, metavar="NAME=INT",
                      help="size of the symbolic dimension NAME in random inputs (repeatable; "
                           "others are 4)")
-    cmp.add_argument("--runs", type=_at_least_1, default=20, metavar="N",
-                     help="timed runs per graph, interleaved (default 20)")
-    cmp.add_argument("--threads", type=_at_least_1, default=None, metavar="N",
-                     help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    _add_run_options(cmp, "timed runs per graph, interleaved (default 20)")
 
     info = sub.add_parser(
         "info", help="MaskedMHA nodes, fallback functions, IR/opsets, which runtimes run MODEL",
@@ -108,8 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         "optimize", help="save an ORT-optimized copy of IN that still runs without the library",
         description="Optimize IN with ONNX Runtime (the library registered), attach the fallback "
                     "functions that ORT's saved file lacks, and write OUT.")
-    opt.add_argument("input", metavar="IN.onnx", help="the model to optimize")
-    opt.add_argument("output", metavar="OUT.onnx", help="where to write the optimized model")
+    _add_in_out(opt, "the model to optimize", "where to write the optimized model")
     opt.add_argument("--level", choices=["basic", "extended"], default="extended",
                      help="ORT graph optimization level (default extended; 'all' is not offered: "
                           "its layouts are specific to the machine)")
@@ -119,8 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Re-attach the standard-op fallback functions to every MaskedMHA node of IN "
                     "(e.g. a file saved by a tool that dropped them) so OUT runs on a stock ONNX "
                     "Runtime as well.  Existing fallback functions are replaced.")
-    att.add_argument("input", metavar="IN.onnx", help="a model with MaskedMHA nodes")
-    att.add_argument("output", metavar="OUT.onnx", help="where to write the result")
+    _add_in_out(att, "a model with MaskedMHA nodes", "where to write the result")
     return parser
 
 
