@@ -4,7 +4,7 @@
 # Fails when a test fails or any sanitizer report appears in the output.
 #
 # Tests (about 2 minutes on 2 cores): those that drive the op through hand-built ONNX graphs
-# (test_kernel.py, including its subprocess runs of the AVX2 and generic code paths;
+# (test_kernel.py, including its subprocess runs of the AVX2 and generic code paths; test_kernel_errors.py; test_attributes.py;
 # test_bad_inputs.py; test_shape_inference.py without its exporter part; test_library.py), plus
 # every exported configuration run fused (test_configs.py), sessions shared by threads
 # (test_concurrency.py) and the kernel's thread team (test_team.py; its stress program is built
@@ -71,7 +71,7 @@ set +e
   ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$REPORTS/asan" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan" \
   "$PY" -m pytest -q -p no:cacheprovider --capture=sys \
-    "$ROOT/tests/test_kernel.py" "$ROOT/tests/test_bad_inputs.py" \
+    "$ROOT/tests/test_kernel.py" "$ROOT/tests/test_kernel_errors.py" "$ROOT/tests/test_attributes.py" "$ROOT/tests/test_bad_inputs.py" \
     "$ROOT/tests/test_shape_inference.py" "$ROOT/tests/test_library.py" \
     "$ROOT/tests/test_configs.py" "$ROOT/tests/test_concurrency.py" "$ROOT/tests/test_team.py" \
     -k "not exported" "$@" ) >"$LOG" 2>&1

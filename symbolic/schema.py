@@ -2,9 +2,9 @@
 module that names the op, its inputs or its attributes takes them from here.
 
 Imports nothing, so the runtime-only parts of the package (sessions, decompose, info, compare)
-can use it without torch or onnx.  The C++ side keeps its own copy in ops/validate.h (input
-indices, messages) and ops/masked_mha_op.cc (attribute names): tests/test_kernel.py checks the
-two agree by running every input and attribute through the kernel."""
+can use it without torch or onnx.  The C++ side has its own, ops/schema.h:
+tests/test_schema_sync.py checks the two agree, tests/test_spec_tables.py that docs/MaskedMHA.md's
+tables agree with this one."""
 
 DOMAIN = "com.maskedmha"
 OP_TYPE = "MaskedMHA"
@@ -15,6 +15,8 @@ INPUT_NAMES = (
     "query", "key", "value", "in_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
     "out_proj_weight", "out_proj_bias", "bias_k", "bias_v", "key_padding_mask", "attn_mask",
 )
+# The rest are optional (k/v_proj_weight come together, as do bias_k/bias_v).
+REQUIRED_INPUTS = ("query", "key", "value", "in_proj_weight", "out_proj_weight")
 OUTPUT_NAMES = ("output", "attn_weights")
 
 ATTRIBUTES = ("num_heads", "is_causal", "add_zero_attn", "fully_masked_row",

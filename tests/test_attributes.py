@@ -13,11 +13,8 @@ import onnx
 import pytest
 from onnx import helper
 
-try:  # the shared helpers' new home (tests/helpers), or test_kernel where they used to live
-    from helpers.graphs import make_model, session
-    from helpers.reference import assert_close, make_feeds, torch_reference
-except ImportError:
-    from test_kernel import assert_close, make_feeds, make_model, session, torch_reference
+from helpers.graphs import make_model, session
+from helpers.reference import assert_close, make_feeds, torch_reference
 
 H = 4
 

@@ -79,6 +79,7 @@ def test_input_table_matches_schema(sections):
     rows = _rows(sections["inputs"])
     assert [int(r["#"]) for r in rows] == list(range(len(rows)))
     assert tuple(_code(r["name"]) for r in rows) == schema.INPUT_NAMES
+    assert tuple(_code(r["name"]) for r in rows if r["required"] == "yes") == schema.REQUIRED_INPUTS
 
 
 def test_output_table_matches_schema(sections):

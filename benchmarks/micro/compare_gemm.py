@@ -32,7 +32,7 @@ def build(out_dir: str) -> dict[str, str]:
         raise SystemExit("no C++ compiler found (set CXX)")
     os.makedirs(out_dir, exist_ok=True)
     ops = os.path.join(ROOT, "ops")
-    sources = {"gemm_bench": ["gemm.cc", "cpu.cc"], "attention_bench": ["attention.cc", "cpu.cc"]}
+    sources = {"gemm_bench": ["gemm.cc", "cpu.cc"], "attention_bench": ["attention.cc", "attention_keys.cc", "cpu.cc"]}
     paths = {}
     for name, deps in sources.items():
         exe = os.path.join(out_dir, name)
