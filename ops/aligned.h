@@ -1,4 +1,4 @@
-// 64-byte aligned storage for the vectorised loops (gemm.cc, attention.cc, forward.cc).
+// 64-byte aligned storage for the vectorised loops (gemm.cc, attention.cc, forward.cc, workspace.h).
 #pragma once
 
 #include <cstddef>
@@ -27,9 +27,9 @@ template <typename T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
 
 // Scratch array that is not zero-filled on reuse (every element is written before it is read)
-// and is 64-byte aligned.  Kept per thread between calls (it only grows), so the large
-// intermediates do not fault in fresh zeroed pages on every run; concurrent runs come from
-// different threads and so get different buffers.
+// and is 64-byte aligned.  Kept per thread between calls in the thread's Workspace
+// (workspace.h; it only grows), so the large intermediates do not fault in fresh zeroed pages
+// on every run; concurrent runs come from different threads and so get different buffers.
 class Buffer {
  public:
   float* resize(size_t n) {

@@ -36,19 +36,14 @@
 #include "cpu.h"
 #include "simd.h"
 #include "softmax.h"
+#include "workspace.h"
 
 namespace maskedmha {
 
 namespace {
 
-struct Scratch {
-  AlignedVector<float> qs, acc, s, m, l, lv;
-};
-
-Scratch& LocalScratch() {
-  thread_local Scratch s;
-  return s;
-}
+// A task's scratch: the Workspace of the thread running the task (workspace.h).
+using Scratch = Workspace::AttentionTask;
 
 using simd::Load;
 using simd::Store;
@@ -345,7 +340,7 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
   static_assert(kQB % RB == 0, "query block must be a whole number of row tiles");
   constexpr int W = sizeof(V) / sizeof(float);
   const int64_t D = a.D;
-  Scratch& sc = LocalScratch();
+  Scratch& sc = ThisThreadWorkspace().task;  // this task's thread
   sc.qs.resize(kQB * D);
   sc.acc.assign(kQB * D, 0.0f);
   sc.s.resize(kQB * kKB);
@@ -396,11 +391,10 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
   if (a.B == 0 || a.L == 0 || a.H == 0) return;
   static const TaskFn task = MASKEDMHA_PICK_ISA(&TaskGeneric, &TaskAvx2, &TaskAvx512);
   const int64_t nqb = (a.L + kQB - 1) / kQB;
-  // Kept by the calling thread between calls (only grows), so large buffers do not fault in
-  // fresh pages on every run.  (A reference: the tasks below run on pool threads, where the
-  // name would mean their own copy.)
-  thread_local KeyLayout kl_cache;
-  KeyLayout& kl = kl_cache;
+  // The calling thread's workspace (workspace.h): the tasks below, on pool threads too, read
+  // its key layout and batch order through these references.
+  Workspace& ws = ThisThreadWorkspace();
+  KeyLayout& kl = ws.keys;
   // With enough (batch, head) pairs to share out, one task per pair packs that head's keys and
   // values into a per-thread buffer (it stays in L2) and runs all its query blocks; otherwise
   // every head is packed first and the tasks are (batch, head, query block).
@@ -409,8 +403,7 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
   if (per_head) {
     // Batch items with the most keys first: the pool hands out tasks in index order, so the
     // longest ones do not end up alone at the tail (key counts differ under padding).
-    thread_local std::vector<int64_t> order_cache;
-    std::vector<int64_t>& order = order_cache;
+    std::vector<int64_t>& order = ws.batch_order;
     order.resize(static_cast<size_t>(a.B));
     for (int64_t b = 0; b < a.B; ++b) order[b] = b;
     std::stable_sort(order.begin(), order.end(),
@@ -418,7 +411,10 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
     par.For(static_cast<size_t>(a.B * a.H), [&](size_t t) {
       const int64_t b = order[static_cast<int64_t>(t) / a.H], h = static_cast<int64_t>(t) % a.H;
       const size_t size = static_cast<size_t>(kl.tpad[b] * a.D);
-      thread_local AlignedVector<float> kt_buf, vp_buf;
+      // This task's thread's own head buffers (not ws: that is the calling thread's).
+      Workspace& own = ThisThreadWorkspace();
+      AlignedVector<float>& kt_buf = own.head_kt;
+      AlignedVector<float>& vp_buf = own.head_vp;
       if (kt_buf.size() < size) kt_buf.resize(size);
       if (vp_buf.size() < size) vp_buf.resize(size);
       PackHead(a, kl, b, h, kt_buf.data(), vp_buf.data());

@@ -7,6 +7,7 @@
 #include "attention_blocks.h"
 #include "cpu.h"
 #include "simd.h"
+#include "workspace.h"
 
 namespace maskedmha {
 
@@ -45,7 +46,8 @@ static inline __attribute__((always_inline)) void PackHeadT(const AttentionArgs&
   // every store into kt fills one whole line (a row-by-row transpose wrote D lines Tpad apart,
   // which conflict in L1 when Tpad is a multiple of 512).
   constexpr int64_t kAhead = 8, kTile = 16;
-  thread_local std::vector<float> tile_buf;
+  // The thread running this task's own tile (workspace.h).
+  std::vector<float>& tile_buf = ThisThreadWorkspace().key_tile;
   if (tile_buf.size() < static_cast<size_t>(kTile * D)) tile_buf.resize(static_cast<size_t>(kTile * D));
   float* tile = tile_buf.data();
   for (int64_t t = 0; t < std::min(n, kAhead); ++t)

@@ -7,25 +7,15 @@
 
 #include "aligned.h"
 #include "attention.h"
+#include "workspace.h"
 
 namespace maskedmha {
 
 namespace {
 
-// Intermediates, per calling thread (kept between calls: see Buffer).
-struct WorkBuffers {
-  Buffer qkv, q, kv, k, v, attn, per_head;
-  std::vector<int64_t> kv_rows;  // source row of each kept key (compaction)
-};
-
-WorkBuffers& LocalBuffers() {
-  thread_local WorkBuffers w;
-  return w;
-}
-
 // The Q, K and V projections (one, two or three GEMMs, see ForwardPlan) into wb: sets the
 // q / k / v pointers and strides of the returned AttentionArgs.
-AttentionArgs Project(const ForwardPlan& pl, WorkBuffers& wb, const Parallel& par) {
+AttentionArgs Project(const ForwardPlan& pl, Workspace& wb, const Parallel& par) {
   const Problem& p = pl.problem;
   const int64_t nb = p.B, L = p.L, S = p.S, E = p.E;
   const float* query = pl.query;
@@ -84,7 +74,8 @@ void Forward(const ForwardPlan& pl, const Parallel& par) {
   const int64_t nb = p.B;
   if (nb <= 0 || p.L == 0) return;
   const int64_t L = p.L, E = p.E, H = p.H;
-  WorkBuffers& wb = LocalBuffers();
+  // The intermediates live in the calling thread's workspace (workspace.h).
+  Workspace& wb = ThisThreadWorkspace();
   AttentionArgs a = Project(pl, wb, par);
   a.B = nb;
   a.L = L;

@@ -21,6 +21,7 @@
 
 #include "cpu.h"
 #include "simd.h"
+#include "workspace.h"
 
 namespace maskedmha {
 
@@ -245,8 +246,11 @@ void Gemm(const float* a, size_t lda, size_t m, const PackedWeight& w, const flo
   const size_t nr = kern.nr, mr = kern.mr, k = w.k;
   const size_t np = (w.n + nr - 1) / nr;
   const size_t mp = (m + mr - 1) / mr;  // micro-panels of A
-  // Per calling thread, reused across calls (concurrent runs call from different threads).
-  thread_local AlignedVector<float> apack_buf, bias_buf;
+  // The calling thread's workspace (workspace.h); the packing tasks below write into it through
+  // `apack`, whichever thread runs them.
+  Workspace& ws = ThisThreadWorkspace();
+  AlignedVector<float>& apack_buf = ws.gemm_apack;
+  AlignedVector<float>& bias_buf = ws.gemm_bias;
   if (apack_buf.size() < mp * mr * k) apack_buf.resize(mp * mr * k);
   // Bias padded to whole panels (zeros when absent), so the first K slice starts from it.
   bias_buf.assign(np * nr, 0.0f);

@@ -23,6 +23,7 @@
 #include "simd.h"
 #include "status.h"
 #include "team_ort.h"
+#include "workspace.h"
 
 namespace maskedmha {
 
@@ -57,13 +58,6 @@ KernelInputs ReadInputs(Ort::KernelContext& ctx) {
   return in;
 }
 
-// Per-call mask and compaction arrays (the projections' buffers live in forward.cc), per
-// calling thread and reused across calls (see Buffer).
-struct Scratch {
-  Buffer kpm, am;
-  std::vector<int64_t> kv_offset, key_index;
-};
-
 // The masks as the forward pass takes them.
 struct Masks {
   const bool* kpm_bool = nullptr;    // a bool key_padding_mask as given (compaction reads it)
@@ -91,8 +85,9 @@ void BoolToAdditive(const bool* m, size_t n, float* out, const Parallel& par) {
   });
 }
 
-// Step 1: a bool attn_mask turned additive (into sc.am); a float one used in place.
-Masks PrepareMasks(const Problem& p, const KernelInputs& in, Scratch& sc, const Parallel& par) {
+// Step 1: a bool attn_mask turned additive (into sc.am, the calling thread's workspace); a
+// float one used in place.
+Masks PrepareMasks(const Problem& p, const KernelInputs& in, Workspace& sc, const Parallel& par) {
   Masks m;
   if (p.kpm == MaskKind::kBool) m.kpm_bool = in.Bool(kKeyPaddingMask);
   m.attn_mask_n = static_cast<size_t>((p.attn_mask_3d ? p.B * p.H : 1) * p.L * p.S);
@@ -131,7 +126,7 @@ bool HiddenRowsFinite(const Problem& p, const bool* kpm_bool, const float* key, 
 // Step 2: whether the keys a bool key_padding_mask hides are dropped (compaction); if so, the
 // kept keys of each item in sc.kv_offset / sc.key_index, otherwise the key_padding_mask made
 // additive in m->kpm.  Returns whether the keys are compacted.
-bool PlanCompaction(const Problem& p, const KernelInputs& in, Masks* m, Scratch& sc,
+bool PlanCompaction(const Problem& p, const KernelInputs& in, Masks* m, Workspace& sc,
                     const Parallel& par) {
   const int64_t B = p.B, S = p.S;
   const bool compact =
@@ -227,9 +222,8 @@ void MaskedMHAKernel::Run(Ort::KernelContext& ctx, const Parallel& par) {
   }
   if (p.B == 0 || p.L == 0) return;  // nothing to attend from: empty outputs
 
-  // A reference: tasks run on pool threads, where the name would mean their own copy.
-  thread_local Scratch scratch_tl;
-  Scratch& sc = scratch_tl;
+  // The calling thread's workspace (workspace.h): its mask and compaction buffers.
+  Workspace& sc = ThisThreadWorkspace();
   Masks masks = PrepareMasks(p, in, sc, par);
   const bool compact = PlanCompaction(p, in, &masks, sc, par);
 
