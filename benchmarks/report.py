@@ -207,21 +207,3 @@ def write_all(out_dir: str, meta: dict, results: list) -> None:
         f.write(markdown(meta, results))
     if results:
         plot(os.path.join(out_dir, "latest.png"), meta, results)
-
-
-BEGIN, END = "<!-- quick-grid results: begin (written by run.py) -->", "<!-- quick-grid results: end -->"
-
-
-def update_readme(readme: str, meta: dict, results: list, png_rel: str) -> bool:
-    """Replace the results section of benchmarks/README.md (between the markers)."""
-    if not os.path.exists(readme):
-        return False
-    with open(readme) as f:
-        text = f.read()
-    if BEGIN not in text or END not in text:
-        return False
-    body = f"{BEGIN}\n{markdown(meta, results)}\n![speed-up and % of peak]({png_rel})\n{END}"
-    head, rest = text.split(BEGIN, 1)
-    with open(readme, "w") as f:
-        f.write(head + body + rest.split(END, 1)[1])
-    return True

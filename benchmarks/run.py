@@ -216,11 +216,6 @@ def main(argv=None) -> int:
                 x["pct_peak"] = 100 * x["gflops"] / peak
     report.write_all(args.out, meta, results)
     print(f"\nwrote {args.out}/latest.json, latest.md, latest.png")
-    default_out = os.path.realpath(args.out) == os.path.realpath(os.path.join(HERE, "results"))
-    if (args.grid == "quick" and default_out and not args.filter and not args.isa
-            and args.alternatives == A.ALTERNATIVES):
-        if report.update_readme(os.path.join(HERE, "README.md"), meta, results, "results/latest.png"):
-            print("updated the results section of benchmarks/README.md")
     return 0
 
 
