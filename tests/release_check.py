@@ -97,14 +97,11 @@ def _models():
 
 
 def _reference(module, args):
+    """PyTorch's documented path (the fast path off), as helpers.cases.reference."""
     import torch
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the documented path (helpers.cases.reference)
-    try:
-        with torch.no_grad():
-            out = module(*args)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
+    from helpers.reference import no_fastpath
+    with no_fastpath(), torch.no_grad():
+        out = module(*args)
     return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 

@@ -1,7 +1,6 @@
 """Whole Transformer stacks: one MaskedMHA node per attention, PyTorch's numbers at new shapes."""
 from __future__ import annotations
 
-import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
@@ -11,6 +10,7 @@ import maskedmha
 from maskedmha.demo import DYNAMIC_AXES, NAMES, DemoTranslator, demo_inputs
 from helpers import ort_release
 from helpers.cases import assert_matches
+from helpers.reference import no_fastpath
 
 EXPORTERS = ["dynamo", "torchscript"]
 
@@ -146,12 +146,8 @@ def test_export_without_fallback_is_ir9_and_runs_only_with_the_library(exporter,
     assert model.ir_version == 9 and not model.functions
     assert not any(n.overload for n in model.graph.node)
     args = demo_inputs(3, 9, 7, seed=5)
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            expected = module(*args).numpy()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(True)
+    with no_fastpath(), torch.no_grad():
+        expected = module(*args).numpy()
     feeds = {n: a.numpy() for n, a in zip(NAMES, args)}
     assert_matches(maskedmha.InferenceSession(path).run(None, feeds)[0], expected, "fused", rel=2e-5)
     with pytest.raises(Exception, match="MaskedMHA"):
