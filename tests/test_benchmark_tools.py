@@ -118,3 +118,26 @@ def test_memory_child_splits_the_peak_at_session_creation(tmp_path):
         if m["exact"]:
             assert m["peak_mb"] == max(m["create_peak_mb"], m["run_peak_mb"])
             assert m["after_create_mb"] <= m["create_peak_mb"] + 1e-9
+
+
+def test_compare_builds_times_two_libraries_in_one_run(tmp_path):
+    """benchmarks/compare_builds.py: two builds (here two copies of this one) registered on their
+    own sessions in one process, outputs checked equal, a row with both times and their ratio per
+    point; a missing library is a usage error."""
+    import shutil
+    import subprocess
+
+    import maskedmha
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tool = os.path.join(root, "benchmarks", "compare_builds.py")
+    copy = tmp_path / "copy.so"
+    shutil.copy(maskedmha.get_library_path(), copy)
+    r = subprocess.run([sys.executable, tool, maskedmha.get_library_path(), str(copy), "--grid",
+                        "tiny", "--budget", "0.02"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| 2x16")]
+    assert len(rows) == 3 and all(float(ln.rstrip(" |").rsplit("|", 1)[1]) > 0 for ln in rows), r.stdout
+    assert "geometric mean old/new" in r.stdout
+    r = subprocess.run([sys.executable, tool, str(tmp_path / "missing.so"), str(copy)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr
