@@ -185,7 +185,8 @@ def _doctor(args) -> int:
 
 
 def _optimize(args) -> int:
-    from .modelfile import DOMAIN, load_model, mha_nodes
+    from .info import fallback_functions
+    from .modelfile import load_model, mha_nodes
     from .optimize import optimize
 
     before = load_model(args.input)
@@ -194,9 +195,9 @@ def _optimize(args) -> int:
         after = optimize(before, args.output, level=args.level)
     except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph, library errors: one line
         raise _RuntimeFailure(f"optimizing {args.input} failed: {' '.join(str(exc).split())[:500]}") from None
-    fallback = sum(1 for f in after.functions if f.domain == DOMAIN)
+    bodies, _ = fallback_functions(after)
     print(f"wrote {args.output}: {len(before.graph.node)} -> {len(after.graph.node)} nodes "
-          f"(level {args.level}), {len(mha_nodes(after))} MaskedMHA nodes, {fallback} fallback "
+          f"(level {args.level}), {len(mha_nodes(after))} MaskedMHA nodes, {len(bodies)} fallback "
           f"function(s) attached, IR {after.ir_version}")
     return 0
 
@@ -204,13 +205,13 @@ def _optimize(args) -> int:
 def _attach(args) -> int:
     import onnx
 
-    from .modelfile import DOMAIN, OP_TYPE, load_model, mha_nodes, require_mha_nodes
+    from .info import fallback_functions
+    from .modelfile import load_model, mha_nodes, require_mha_nodes
 
     model = load_model(args.input)
     require_mha_nodes(model, args.input, "attach")
     _check_output_path(args.output)
-    ours = lambda m: [f for f in m.functions if f.domain == DOMAIN and f.name == OP_TYPE]  # noqa: E731
-    had = len(ours(model))
+    had = sum(map(len, fallback_functions(model)))  # bodies and guards it carried
     from maskedmha.symbolic.attach import attach_functions
 
     try:
@@ -218,9 +219,8 @@ def _attach(args) -> int:
     except ValueError as exc:  # the file's nodes cannot be typed or are malformed
         raise UsageError(f"{args.input}: {str(exc).removeprefix('maskedmha: ')}") from None
     onnx.save(model, args.output)
-    from .info import _is_guard
-    bodies = [f for f in ours(model) if not _is_guard(f)]
-    guards = len(ours(model)) - len(bodies)
+    bodies, guard_functions = fallback_functions(model)
+    guards = len(guard_functions)
     print(f"wrote {args.output}: {len(bodies)} fallback function(s) for {len(mha_nodes(model))} "
           "MaskedMHA node(s)"
           + (" (told apart by overload" + (f", plus {guards} guard functions)" if guards else ")")

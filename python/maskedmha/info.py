@@ -60,12 +60,11 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
-def _our_functions(model: onnx.ModelProto) -> list[onnx.FunctionProto]:
-    return [f for f in model.functions if f.domain == DOMAIN and f.name == OP_TYPE]
-
-
-def _is_guard(f: onnx.FunctionProto) -> bool:
-    return any(n.domain == GUARD_DOMAIN for n in f.node)
+def fallback_functions(model: onnx.ModelProto) -> tuple[list, list]:
+    """The file's com.maskedmha::MaskedMHA functions: (fallback bodies, guard functions)."""
+    funcs = [f for f in model.functions if f.domain == DOMAIN and f.name == OP_TYPE]
+    guards = [f for f in funcs if any(n.domain == GUARD_DOMAIN for n in f.node)]
+    return [f for f in funcs if f not in guards], guards
 
 
 def node_lines(model: onnx.ModelProto) -> list[str]:
@@ -99,9 +98,7 @@ def node_lines(model: onnx.ModelProto) -> list[str]:
 def fallback_summary(model: onnx.ModelProto) -> tuple[str, str]:
     """(what the fallback functions are, which ORT runs the file WITHOUT the library)."""
     nodes = mha_nodes(model)
-    funcs = _our_functions(model)
-    guards = [f for f in funcs if _is_guard(f)]
-    bodies = [f for f in funcs if not _is_guard(f)]
+    bodies, guards = fallback_functions(model)
     ir_ort = min_ort_for_ir(model.ir_version)
     reads = (f"onnxruntime >= {ir_ort}" if ir_ort else
              f"an onnxruntime that reads IR {model.ir_version} (not measured here)")

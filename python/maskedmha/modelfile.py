@@ -9,6 +9,7 @@ import os
 
 import onnx
 
+from maskedmha.symbolic.attach import mha_nodes  # noqa: F401 - the nodes, subgraphs included
 from maskedmha.symbolic.schema import DOMAIN, OP_TYPE
 
 
@@ -41,12 +42,6 @@ def load_model(path: str, load_external_data: bool = True) -> onnx.ModelProto:
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise UsageError(f"{path} is not an ONNX model (no IR version or no graph)")
     return model
-
-
-def mha_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The MaskedMHA nodes of the main graph (what the exporter writes)."""
-    from maskedmha.symbolic.attach import mha_nodes as main_graph_nodes
-    return main_graph_nodes(model)
 
 
 def require_mha_nodes(model: onnx.ModelProto, path: str, command: str) -> None:
