@@ -197,14 +197,19 @@ def mha_nodes(model: onnx.ModelProto):
             if n.domain == DOMAIN and n.op_type == OP_TYPE]
 
 
+def drop_functions(model: onnx.ModelProto) -> None:
+    """Remove every com.maskedmha::MaskedMHA function (fallbacks and guards) from ``model``."""
+    keep = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del model.functions[:]
+    model.functions.extend(keep)
+
+
 def _prepare(model: onnx.ModelProto):
     """Normalise every MaskedMHA node and return [(node, Config)]; drops our functions (fallback
     and guards) left by an earlier attach or by an exporter."""
     inferred = _inferred(model)
     table = _type_table(model, inferred)
-    keep = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
-    del model.functions[:]
-    model.functions.extend(keep)
+    drop_functions(model)
     nodes_cfgs = []
     used = set()
     for g in _graphs(model.graph):  # names read anywhere, subgraph outputs included
@@ -415,5 +420,5 @@ def lowest_ir_version(model: onnx.ModelProto) -> int:
     return ir
 
 
-__all__ = ["attach_functions", "specialise_functions", "lowest_ir_version", "drop_ir10_metadata",
+__all__ = ["attach_functions", "specialise_functions", "drop_functions", "lowest_ir_version", "drop_ir10_metadata",
            "node_config", "mha_nodes", "ATTRIBUTES"]

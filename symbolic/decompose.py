@@ -7,10 +7,10 @@ import os
 import onnx
 import onnx.inliner
 
-from .attach import (_graphs, drop_ir10_metadata, lowest_ir_version, mha_nodes,
+from .attach import (_graphs, drop_functions, drop_ir10_metadata, lowest_ir_version, mha_nodes,
                      specialise_functions)
 from .fallback import GUARD_DOMAIN
-from .schema import DOMAIN, OP_TYPE
+from .schema import DOMAIN
 
 
 def decompose(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelProto:
@@ -35,9 +35,7 @@ def decompose(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelP
     if mha_nodes(m):
         specialise_functions(m)
     m = onnx.inliner.inline_local_functions(m)
-    keep = [f for f in m.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
-    del m.functions[:]
-    m.functions.extend(keep)
+    drop_functions(m)
     used = ({n.domain for g in _graphs(m.graph) for n in g.node}
             | {n.domain for f in m.functions for n in f.node})
     imports = [i for i in m.opset_import
