@@ -420,5 +420,5 @@ def lowest_ir_version(model: onnx.ModelProto) -> int:
     return ir
 
 
-__all__ = ["attach_functions", "specialise_functions", "drop_functions", "lowest_ir_version", "drop_ir10_metadata",
-           "node_config", "mha_nodes", "ATTRIBUTES"]
+__all__ = ["attach_functions", "specialise_functions", "drop_functions", "lowest_ir_version",
+           "drop_ir10_metadata", "node_config", "mha_nodes", "ATTRIBUTES"]
