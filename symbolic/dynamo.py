@@ -2,7 +2,7 @@
 ``maskedmha::masked_mha_w`` (output + attention weights), each mapped through
 ``custom_translation_table`` to an onnxscript function that emits one MaskedMHA node.
 
-The two custom ops take the op's 13 inputs and 5 attributes in schema.py's order; their
+The two custom ops take the op's 14 inputs and 6 attributes in schema.py's order; their
 torch.library schema is written once (``_ARGS``) from schema.py, so their Python bodies take
 ``*args``.  The two onnxscript functions spell the 18 parameters out: onnxscript compiles a
 function from its source, which must name every parameter.  (``torch.onnx.ops.symbolic_multi_out``
@@ -22,7 +22,8 @@ _REQUIRED = {"query", "key", "value", "in_proj_weight", "out_proj_weight"}
 # The custom ops' argument list, in torch.library schema syntax: what torch inferred from the
 # annotated signatures this replaces (a Python int is a SymInt there).
 _ATTR_TYPES = {"num_heads": "SymInt", "is_causal": "SymInt", "add_zero_attn": "SymInt",
-               "fully_masked_row": "str", "average_attn_weights": "SymInt"}
+               "fully_masked_row": "str", "average_attn_weights": "SymInt",
+               "skip_padded_queries": "SymInt"}
 _ARGS = ", ".join([f"Tensor{'' if n in _REQUIRED else '?'} {n}" for n in INPUT_NAMES]
                   + [f"{_ATTR_TYPES[a]} {a}" for a in ATTRIBUTES])
 
@@ -61,30 +62,33 @@ def _(*args):
 @onnxscript.script(_opset)
 def masked_mha_onnx(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                     in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
-                    key_padding_mask, attn_mask, num_heads: int, is_causal: int,
-                    add_zero_attn: int, fully_masked_row: str,
-                    average_attn_weights: int) -> FLOAT:
+                    key_padding_mask, attn_mask, sequence_offsets, num_heads: int,
+                    is_causal: int, add_zero_attn: int, fully_masked_row: str,
+                    average_attn_weights: int, skip_padded_queries: int) -> FLOAT:
     return _opset.MaskedMHA(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                             in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
-                            key_padding_mask, attn_mask, num_heads=num_heads,
+                            key_padding_mask, attn_mask, sequence_offsets, num_heads=num_heads,
                             is_causal=is_causal, add_zero_attn=add_zero_attn,
                             fully_masked_row=fully_masked_row,
-                            average_attn_weights=average_attn_weights)
+                            average_attn_weights=average_attn_weights,
+                            skip_padded_queries=skip_padded_queries)
 
 
 @onnxscript.script(_opset)
 def masked_mha_w_onnx(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                       in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
-                      key_padding_mask, attn_mask, num_heads: int, is_causal: int,
-                      add_zero_attn: int, fully_masked_row: str,
-                      average_attn_weights: int) -> tuple[FLOAT, FLOAT]:
+                      key_padding_mask, attn_mask, sequence_offsets, num_heads: int,
+                      is_causal: int, add_zero_attn: int, fully_masked_row: str,
+                      average_attn_weights: int,
+                      skip_padded_queries: int) -> tuple[FLOAT, FLOAT]:
     out, weights = _opset.MaskedMHA(query, key, value, in_proj_weight, k_proj_weight,
                                     v_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                                     bias_k, bias_v, key_padding_mask, attn_mask,
-                                    num_heads=num_heads, is_causal=is_causal,
+                                    sequence_offsets, num_heads=num_heads, is_causal=is_causal,
                                     add_zero_attn=add_zero_attn,
                                     fully_masked_row=fully_masked_row,
-                                    average_attn_weights=average_attn_weights)
+                                    average_attn_weights=average_attn_weights,
+                                    skip_padded_queries=skip_padded_queries)
     return out, weights
 
 

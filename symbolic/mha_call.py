@@ -20,12 +20,13 @@ from .schema import INPUT_NAMES  # noqa: F401 - re-exported: the op's inputs, in
 class OpCall:
     """The op's inputs (batch-first; ``None`` = absent) and attributes for one attention call,
     and how to turn its results back into what ``nn.MultiheadAttention.forward`` returns."""
-    inputs: list = field(default_factory=list)  # 13 entries, Tensor or None
+    inputs: list = field(default_factory=list)  # 14 entries (schema.INPUT_NAMES), Tensor or None
     num_heads: int = 1
     is_causal: int = 0
     add_zero_attn: int = 0
     fully_masked_row: str = "zero"
     average_attn_weights: int = 1
+    skip_padded_queries: int = 0
     need_weights: bool = False
     batched: bool = True
     batch_first: bool = True
@@ -35,7 +36,8 @@ class OpCall:
     def attrs(self) -> dict:
         return dict(num_heads=self.num_heads, is_causal=self.is_causal,
                     add_zero_attn=self.add_zero_attn, fully_masked_row=self.fully_masked_row,
-                    average_attn_weights=self.average_attn_weights)
+                    average_attn_weights=self.average_attn_weights,
+                    skip_padded_queries=self.skip_padded_queries)
 
     def finish(self, out, weights):
         """Op outputs (batch-first) -> the module's return value."""
@@ -225,7 +227,7 @@ def build_functional_call(query, key, value, embed_dim_to_check, num_heads, in_p
     else:
         w = [q_proj_weight, k_proj_weight, v_proj_weight]
     inputs = [q, k, v, *w, in_proj_bias, out_proj_weight, out_proj_bias,
-              bias_k, bias_v, key_padding_mask, attn_mask]
+              bias_k, bias_v, key_padding_mask, attn_mask, None]  # dense: no sequence_offsets
     return OpCall(inputs=inputs, num_heads=num_heads, is_causal=causal_attr,
                   add_zero_attn=int(bool(add_zero_attn)),
                   fully_masked_row="nan" if need_weights else "zero",
@@ -246,9 +248,44 @@ def _canon(mask, dtype):
 
 def reference(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
               out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask,
-              num_heads: int, is_causal: int = 0, add_zero_attn: int = 0,
-              fully_masked_row: str = "zero", average_attn_weights: int = 1):
-    """The op's semantics in plain torch (batch-first).  Returns (output, attn_weights)."""
+              sequence_offsets, num_heads: int, is_causal: int = 0, add_zero_attn: int = 0,
+              fully_masked_row: str = "zero", average_attn_weights: int = 1,
+              skip_padded_queries: int = 0):
+    """The op's semantics in plain torch (batch-first, or packed rows with ``sequence_offsets``).
+    Returns (output, attn_weights); attn_weights is None in the variable-length mode (the op has
+    no output 1 there)."""
+    attrs = dict(num_heads=num_heads, is_causal=is_causal, add_zero_attn=add_zero_attn,
+                 fully_masked_row=fully_masked_row, average_attn_weights=average_attn_weights)
+    weights = (in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias, out_proj_weight,
+               out_proj_bias, bias_k, bias_v)
+    if sequence_offsets is not None:
+        if key_padding_mask is not None or attn_mask is not None or skip_padded_queries:
+            raise ValueError("key_padding_mask, attn_mask and skip_padded_queries are not "
+                             "supported with sequence_offsets (variable-length mode)")
+        # Sequence b is rows offsets[b]..offsets[b+1]-1: the dense op on it alone (B = 1).
+        offsets = [int(o) for o in sequence_offsets.tolist()]
+        rows = [_dense(query[s:e].unsqueeze(0), key[s:e].unsqueeze(0), value[s:e].unsqueeze(0),
+                       *weights, None, None, **attrs)[0][0]
+                for s, e in zip(offsets[:-1], offsets[1:]) if e > s]
+        out = torch.cat(rows) if rows else query.new_zeros(0, out_proj_weight.shape[0])
+        return out, None
+    out, w = _dense(query, key, value, *weights, key_padding_mask, attn_mask, **attrs)
+    if skip_padded_queries:
+        if key_padding_mask is None or key_padding_mask.dtype != torch.bool or \
+                query.shape[1] != key.shape[1]:
+            raise ValueError("skip_padded_queries needs a bool key_padding_mask and L == S")
+        # Padded query rows are not computed: zeros (not out_proj_bias), also in the weights.
+        skip = key_padding_mask.reshape(key_padding_mask.shape[0], -1, 1)  # (B, L, 1)
+        out = out.masked_fill(skip, 0.0)
+        w = w.masked_fill(skip if w.dim() == 3 else skip.unsqueeze(1), 0.0)
+    return out, w
+
+
+def _dense(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
+           out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask,
+           num_heads: int, is_causal: int = 0, add_zero_attn: int = 0,
+           fully_masked_row: str = "zero", average_attn_weights: int = 1):
+    """The dense mode, (B, L, E) queries over (B, S, ·) keys."""
     B, L, E = query.shape
     H = num_heads
     D = E // H

@@ -47,21 +47,25 @@ class MaskedMHAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                 in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask,
-                attn_mask, num_heads, is_causal, add_zero_attn, fully_masked_row,
-                average_attn_weights, need_weights, traced_types):
+                attn_mask, sequence_offsets, num_heads, is_causal, add_zero_attn,
+                fully_masked_row, average_attn_weights, skip_padded_queries, need_weights,
+                traced_types):
         out, w = reference(query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                            in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v,
-                           key_padding_mask, attn_mask, num_heads, is_causal, add_zero_attn,
-                           fully_masked_row, average_attn_weights)
+                           key_padding_mask, attn_mask, sequence_offsets, num_heads, is_causal,
+                           add_zero_attn, fully_masked_row, average_attn_weights,
+                           skip_padded_queries)
         return (out, w) if need_weights else out
 
     @staticmethod
     def symbolic(g, query, key, value, in_proj_weight, k_proj_weight, v_proj_weight,
                  in_proj_bias, out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask,
-                 attn_mask, num_heads, is_causal, add_zero_attn, fully_masked_row,
-                 average_attn_weights, need_weights, traced_types):
+                 attn_mask, sequence_offsets, num_heads, is_causal, add_zero_attn,
+                 fully_masked_row, average_attn_weights, skip_padded_queries, need_weights,
+                 traced_types):
         inputs = [query, key, value, in_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
-                  out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask]
+                  out_proj_weight, out_proj_bias, bias_k, bias_v, key_padding_mask, attn_mask,
+                  sequence_offsets]
         inputs = [_absent(g) if (x is None or (hasattr(x, "node") and
                                                x.node().mustBeNone())) else x for x in inputs]
         attrs = {TRACED_TYPES + "_s": str(traced_types)}
@@ -69,6 +73,7 @@ class MaskedMHAFunction(torch.autograd.Function):
                    is_causal_i=int(is_causal), add_zero_attn_i=int(add_zero_attn),
                    fully_masked_row_s=str(fully_masked_row),
                    average_attn_weights_i=int(average_attn_weights),
+                   skip_padded_queries_i=int(skip_padded_queries),
                    outputs=2 if need_weights else 1, **attrs)
         if need_weights:
             res[0].setType(query.type())
@@ -84,7 +89,8 @@ class MaskedMHAFunction(torch.autograd.Function):
 
 def call(op: OpCall):
     res = MaskedMHAFunction.apply(*op.inputs, op.num_heads, op.is_causal, op.add_zero_attn,
-                                  op.fully_masked_row, op.average_attn_weights, op.need_weights,
+                                  op.fully_masked_row, op.average_attn_weights,
+                                  op.skip_padded_queries, op.need_weights,
                                   _traced_types(op.inputs))
     if op.need_weights:
         return op.finish(res[0], res[1])
