@@ -37,6 +37,16 @@ def _at_least_1(text: str) -> int:
     return value
 
 
+def _at_least_0(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _size(text: str) -> tuple[str, int]:
     name, eq, value = text.partition("=")
     if not eq or not name or not value.isdigit() or int(value) < 1:
@@ -126,6 +136,43 @@ def _parser() -> argparse.ArgumentParser:
                     "(e.g. a file saved by a tool that dropped them) so OUT runs on a stock ONNX "
                     "Runtime as well.  Existing fallback functions are replaced.")
     _add_in_out(att, "a model with MaskedMHA nodes", "where to write the result")
+
+    tri = sub.add_parser(
+        "triton", help="write a Triton Inference Server model repository entry for MODEL",
+        description="Write REPO_DIR/NAME/config.pbtxt, REPO_DIR/NAME/1/model.onnx and the "
+                    "custom-op library REPO_DIR/NAME/libmaskedmha_ops.so for Triton's ONNX "
+                    "Runtime backend.  Inputs, outputs, data types and dims come from MODEL; a "
+                    "leading axis named like a batch axis on every input and output becomes "
+                    "max_batch_size (else max_batch_size 0 and full dims).  docs/serving.md "
+                    "shows how to serve it.")
+    tri.add_argument("model", metavar="MODEL.onnx", help="the ONNX file to serve")
+    tri.add_argument("repo", metavar="REPO_DIR",
+                     help="the model repository (created if missing)")
+    tri.add_argument("--name", metavar="NAME",
+                     help="the model's name in Triton, its folder (default: MODEL's file stem)")
+    tri.add_argument("--max-batch-size", type=_at_least_0, default=None, metavar="N",
+                     help="largest batch Triton forms (default 4 when the model has a batch "
+                          "axis; 0 turns batching off)")
+    tri.add_argument("--batch-dim", metavar="SYMBOL",
+                     help="the model's dimension name to batch along, when its name does not "
+                          "contain 'batch' (it must be axis 0 of every input and output)")
+    tri.add_argument("--dynamic-batching", action="store_true",
+                     help="let Triton combine concurrent requests into one batch")
+    tri.add_argument("--instances", type=_at_least_1, default=1, metavar="N",
+                     help="model instances (ONNX Runtime sessions) the server runs (default 1)")
+    tri.add_argument("--threads", type=_at_least_1, default=None, metavar="N",
+                     help="intra-op threads per instance (default: ONNX Runtime's choice, "
+                          "all cores)")
+    where = tri.add_mutually_exclusive_group()
+    where.add_argument("--server-repository", metavar="DIR",
+                       help="absolute path at which the server sees REPO_DIR, e.g. /models for "
+                            "`docker run -v $PWD/REPO_DIR:/models` (default: REPO_DIR's "
+                            "absolute path here)")
+    where.add_argument("--library-path", metavar="PATH_IN_SERVER",
+                       help="op_library_filename exactly as given: an absolute path in the "
+                            "server, or a bare file name found on its library path")
+    tri.add_argument("--force", action="store_true",
+                     help="replace an existing REPO_DIR/NAME (the whole folder)")
     return parser
 
 
@@ -256,8 +303,28 @@ def _demo(args) -> int:
     return 0
 
 
+def _triton(args) -> int:
+    from . import triton
+    from .info import library_summary
+    from .modelfile import load_model
+
+    model = load_model(args.model, load_external_data=False)  # copied as files, not parsed
+    name = args.name if args.name is not None else \
+        os.path.splitext(os.path.basename(args.model))[0]
+    triton.check_name(name)
+    cfg = triton.make_config(
+        model, name, source=args.model,
+        library_path=triton.library_path_in_server(args.repo, name, args.library_path,
+                                                   args.server_repository),
+        max_batch_size=args.max_batch_size, batch_dim=args.batch_dim, instances=args.instances,
+        threads=args.threads, dynamic_batching=args.dynamic_batching)
+    entry = triton.write_entry(args.model, args.repo, cfg, model, force=args.force)
+    print(triton.summary(cfg, entry, args.repo, library_summary(model)))
+    return 0
+
+
 COMMANDS = {"demo": _demo, "compare": _compare, "info": _info, "doctor": _doctor,
-            "optimize": _optimize, "attach": _attach}
+            "optimize": _optimize, "attach": _attach, "triton": _triton}
 
 
 def main(argv: list[str] | None = None) -> int:
