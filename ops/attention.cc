@@ -128,14 +128,15 @@ static inline __attribute__((always_inline)) void AccumulatePV(const float* p, c
 }
 
 // Scores of rows [0, nqr) (nqr: nq rounded up to RB; the extra rows have zero queries) of the
-// task against key block [t0, t0 + nk), masks applied to rows [0, nq).
+// task against key block [t0, t0 + nk), masks applied to rows [0, nq); pos[r]: the query
+// position of row r (increasing).
 template <int RB, int NV, typename V>
 static inline __attribute__((always_inline)) void BlockScores(const AttentionArgs& a,
                                                               const KeyLayout& kl,
                                                               const float* kt_bh, int64_t b,
-                                                              int64_t h, int64_t i0, int64_t nq,
-                                                              int64_t nqr, int64_t t0, int64_t nk,
-                                                              Scratch& sc) {
+                                                              int64_t h, const int64_t* pos,
+                                                              int64_t nq, int64_t nqr, int64_t t0,
+                                                              int64_t nk, Scratch& sc) {
   const int64_t D = a.D, tp = kl.tpad[b];
   const float* kt = kt_bh + t0;
   for (int64_t r = 0; r < nqr; r += RB)
@@ -146,7 +147,7 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
       for (int64_t c = nk; c < kKB; ++c) sc.s[rr * kKB + c] = kNegInf;
   const int64_t* col = kl.col.data() + kl.key_off[b] + t0;
   // Causal: nothing to hide unless some key of the block lies after the first row.
-  const bool causal = a.causal && col[nk - 1] > i0;
+  const bool causal = a.causal && col[nk - 1] > pos[0];
   if (!a.kpm && !a.attn_mask && !causal) return;
   const float* kpm_row = a.kpm ? a.kpm + b * a.S : nullptr;
   // Given keys come first and in increasing position, the extra keys (bias_kv, zero_attn: not
@@ -159,7 +160,7 @@ static inline __attribute__((always_inline)) void BlockScores(const AttentionArg
   const int64_t j0 = col[0];
   const bool consecutive = n_given > 0 && col[n_given - 1] == j0 + n_given - 1;
   for (int64_t rr = 0; rr < nq; ++rr) {
-    const int64_t i = i0 + rr;
+    const int64_t i = pos[rr];
     float* srow = sc.s.data() + rr * kKB;
     const float* am_row = nullptr;
     if (a.attn_mask)
@@ -191,9 +192,10 @@ static inline __attribute__((always_inline)) void BlockPV(const float* vp_bh, in
     AccumulatePV<RB, NV, V>(sc.s.data() + r * kKB, vb, nk, D, sc.acc.data() + r * D);
 }
 
-// One task: query rows [i0, i0 + nq) of head h of batch item b against that head's packed
-// keys / values (kt_bh, vp_bh), with the per-thread scratch.  nqr: nq rounded up to the row
-// tile; keys [0, end) take part (end < total when the causal mask hides the tail).
+// One task: query rows [i0, i0 + nq) of batch item b (its rows row0 .. row0 + nq - 1 of q and
+// out, at query positions pos[0 .. nq)) for head h against that head's packed keys / values
+// (kt_bh, vp_bh), with the per-thread scratch.  nqr: nq rounded up to the row tile; keys
+// [0, end) take part (end < total when the causal mask hides the tail).
 struct Task {
   const AttentionArgs& a;
   const KeyLayout& kl;
@@ -203,8 +205,10 @@ struct Task {
   Scratch& sc;
   int64_t total = 0, end = 0, Sp = 0;
   const int64_t* cols = nullptr;
+  int64_t row0 = 0;
+  int64_t pos[kQB] = {};
 
-  float* WeightsRow(int64_t r) const { return a.weights + ((b * a.H + h) * a.L + i0 + r) * Sp; }
+  float* WeightsRow(int64_t r) const { return a.weights + ((b * a.H + h) * a.L + pos[r]) * Sp; }
 };
 
 // The task's query rows scaled into sc.qs, one contiguous row each (see ScoreRows); rows past
@@ -215,8 +219,8 @@ static inline __attribute__((always_inline)) void LoadQueries(const Task& t) {
   // The query rows and output rows of one head are short pieces of long rows (stride E or 3E):
   // ask for all their cache lines up front so the misses overlap.
   for (int64_t r = 0; r < t.nq; ++r) {
-    const float* q = a.q + (t.b * a.L + t.i0 + r) * a.q_stride + t.h * D;
-    float* out = a.out + (t.b * a.L + t.i0 + r) * a.out_stride + t.h * D;
+    const float* q = a.q + (t.row0 + r) * a.q_stride + t.h * D;
+    float* out = a.out + (t.row0 + r) * a.out_stride + t.h * D;
     for (int64_t d = 0; d < D; d += 16) {
       __builtin_prefetch(q + d);
       __builtin_prefetch(out + d, 1);
@@ -225,7 +229,7 @@ static inline __attribute__((always_inline)) void LoadQueries(const Task& t) {
   for (int64_t r = 0; r < t.nqr; ++r) {
     float* qs = t.sc.qs.data() + r * D;
     if (r < t.nq) {
-      const float* q = a.q + (t.b * a.L + t.i0 + r) * a.q_stride + t.h * D;
+      const float* q = a.q + (t.row0 + r) * a.q_stride + t.h * D;
       for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
     } else {
       for (int64_t d = 0; d < D; ++d) qs[d] = 0.0f;
@@ -238,7 +242,7 @@ static inline __attribute__((always_inline)) void LoadQueries(const Task& t) {
 // Returns where the keys that take part end.
 static inline __attribute__((always_inline)) int64_t CausalEnd(const Task& t) {
   if (!t.a.causal) return t.total;
-  const int64_t imax = t.i0 + t.nq - 1;
+  const int64_t imax = t.pos[t.nq - 1];
   for (int64_t t0 = 0; t0 < t.total; t0 += kKB)
     if (t.cols[t0] > imax) return t0;
   return t.total;
@@ -253,7 +257,7 @@ static inline __attribute__((always_inline)) void OnePass(const Task& t) {
   for (int64_t t0 = 0; t0 < t.end; t0 += kKB) {
     const int64_t nk = std::min(kKB, t.total - t0);
     const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
-    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.i0, t.nq, t.nqr, t0, nk, sc);
+    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.pos, t.nq, t.nqr, t0, nk, sc);
     bool live;
 #ifdef MASKEDMHA_X86
     if constexpr (std::is_same_v<V, V16>)
@@ -281,7 +285,7 @@ static inline __attribute__((always_inline)) void TwoPass(const Task& t) {
   for (int64_t t0 = 0; t0 < t.end; t0 += kKB) {
     const int64_t nk = std::min(kKB, t.total - t0);
     const int64_t nw = (nk + W - 1) / W * W;  // whole vectors covering the keys (rest -inf)
-    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.i0, t.nq, t.nqr, t0, nk, sc);
+    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.pos, t.nq, t.nqr, t0, nk, sc);
     // The same online step as without weights, but no accumulator yet (D = 0); the scores are
     // overwritten, pass 2 recomputes them.
     OnlineSoftmax<V>(sc.s.data(), t.nq, nw, 0, m, sc.lv.data(), nullptr);
@@ -292,7 +296,7 @@ static inline __attribute__((always_inline)) void TwoPass(const Task& t) {
   for (int64_t t0 = 0; t0 < t.end; t0 += kKB) {
     const int64_t nk = std::min(kKB, t.total - t0);
     const int64_t nw = (nk + W - 1) / W * W;
-    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.i0, t.nq, t.nqr, t0, nk, sc);
+    BlockScores<RB, NV, V>(t.a, t.kl, t.kt_bh, t.b, t.h, t.pos, t.nq, t.nqr, t0, nk, sc);
     for (int64_t r = 0; r < t.nq; ++r) {
       float* srow = sc.s.data() + r * kKB;
       if (l[r] == 0.0f) {  // fully masked: contributes nothing here, filled below
@@ -316,7 +320,7 @@ static inline __attribute__((always_inline)) void WriteRows(const Task& t) {
   const int64_t D = a.D;
   const float fill = (a.nan_rows && t.Sp > 0) ? kNaN : 0.0f;
   for (int64_t r = 0; r < t.nq; ++r) {
-    float* out = a.out + (t.b * a.L + t.i0 + r) * a.out_stride + t.h * D;
+    float* out = a.out + (t.row0 + r) * a.out_stride + t.h * D;
     const float* acc = t.sc.acc.data() + r * D;
     const float l = t.sc.l[r];
     if (l == 0.0f) {
@@ -351,6 +355,11 @@ static inline __attribute__((always_inline)) void TaskBody(const AttentionArgs& 
   t.total = kl.total[b];
   t.Sp = a.S + (a.bias_k ? 1 : 0) + (a.zero_attn ? 1 : 0);
   t.cols = kl.col.data() + kl.key_off[b];
+  // The task's rows in q / out and their query positions (attention.h).
+  const int64_t base = a.q_offset ? a.q_offset[b] : b * a.L;
+  t.row0 = base + i0;
+  for (int64_t r = 0; r < nq; ++r)
+    t.pos[r] = a.q_index ? a.q_index[t.row0 + r] : i0 + r;
   t.end = CausalEnd(t);
   LoadQueries(t);
   if (kWeights) TwoPass<RB, NV, V>(t);
@@ -390,6 +399,9 @@ MASKEDMHA_TARGET_AVX512 void TaskAvx512(
 void Attention(const AttentionArgs& a, const Parallel& par) {
   if (a.B == 0 || a.L == 0 || a.H == 0) return;
   static const TaskFn task = MASKEDMHA_PICK_ISA(&TaskGeneric, &TaskAvx2, &TaskAvx512);
+  // Query rows of item b (all L, or its own count with q_offset) and the most query blocks of
+  // any item.
+  auto rows_of = [&](int64_t b) { return a.q_offset ? a.q_offset[b + 1] - a.q_offset[b] : a.L; };
   const int64_t nqb = (a.L + kQB - 1) / kQB;
   // The calling thread's workspace (workspace.h): the tasks below, on pool threads too, read
   // its key layout and batch order through these references.
@@ -402,7 +414,8 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
   PrepareKeys(a, &kl, par, !per_head);
   if (per_head) {
     // Batch items with the most keys first: the pool hands out tasks in index order, so the
-    // longest ones do not end up alone at the tail (key counts differ under padding).
+    // longest ones do not end up alone at the tail (key counts differ under padding; with
+    // q_offset query counts follow them).
     std::vector<int64_t>& order = ws.batch_order;
     order.resize(static_cast<size_t>(a.B));
     for (int64_t b = 0; b < a.B; ++b) order[b] = b;
@@ -410,6 +423,8 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
                      [&](int64_t x, int64_t y) { return kl.total[x] > kl.total[y]; });
     par.For(static_cast<size_t>(a.B * a.H), [&](size_t t) {
       const int64_t b = order[static_cast<int64_t>(t) / a.H], h = static_cast<int64_t>(t) % a.H;
+      const int64_t rows = rows_of(b);
+      if (rows == 0) return;  // no query rows (an empty sequence, or every query skipped)
       const size_t size = static_cast<size_t>(kl.tpad[b] * a.D);
       // This task's thread's own head buffers (not ws: that is the calling thread's).
       Workspace& own = ThisThreadWorkspace();
@@ -418,10 +433,8 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
       if (kt_buf.size() < size) kt_buf.resize(size);
       if (vp_buf.size() < size) vp_buf.resize(size);
       PackHead(a, kl, b, h, kt_buf.data(), vp_buf.data());
-      for (int64_t qb = 0; qb < nqb; ++qb) {
-        const int64_t i0 = qb * kQB;
-        task(a, kl, kt_buf.data(), vp_buf.data(), b, h, i0, std::min(kQB, a.L - i0));
-      }
+      for (int64_t i0 = 0; i0 < rows; i0 += kQB)
+        task(a, kl, kt_buf.data(), vp_buf.data(), b, h, i0, std::min(kQB, rows - i0));
     });
     return;
   }
@@ -430,9 +443,10 @@ void Attention(const AttentionArgs& a, const Parallel& par) {
     const int64_t qb = static_cast<int64_t>(t) % nqb;
     const int64_t bh = static_cast<int64_t>(t) / nqb;
     const int64_t h = bh % a.H, b = bh / a.H;
-    const int64_t i0 = qb * kQB;
+    const int64_t i0 = qb * kQB, rows = rows_of(b);
+    if (i0 >= rows) return;  // past this item's query rows (q_offset)
     const int64_t off = kl.kt_off[b] + h * a.D * kl.tpad[b];
-    task(a, kl, kl.kt.data() + off, kl.vp.data() + off, b, h, i0, std::min(kQB, a.L - i0));
+    task(a, kl, kl.kt.data() + off, kl.vp.data() + off, b, h, i0, std::min(kQB, rows - i0));
   });
 }
 

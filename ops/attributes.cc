@@ -131,6 +131,7 @@ Attributes ReadAttributes(const OrtApi& api, const OrtKernelInfo* info) {
   a.add_zero_attn = Flag(api, info, kAddZeroAttn);
   a.nan_rows = NanRows(api, info, kFullyMaskedRow);
   a.average_weights = Flag(api, info, kAverageAttnWeights);
+  a.skip_padded_queries = Flag(api, info, kSkipPaddedQueries);
   ValidateAttributes(a);
   // need_weights = the node has a (non-empty) second output.
   Ort::ConstKernelInfo ki(info);

@@ -11,6 +11,14 @@
 //    tokens.  This is skipped when a float attn_mask holds NaN or +inf, which could turn a hidden
 //    key into NaN (IEEE: -inf + NaN) and must then be computed like PyTorch does.
 //  * Bool masks become additive 0 / -inf float masks once; float masks are used in place.
+//  * Variable-length mode (sequence_offsets): query / key / value are T token rows of B
+//    sequences; the projections run over the T rows (one GEMM for self-attention), attention per
+//    (sequence, head, query block) over the sequence's own keys, the output projection over the
+//    T rows: cost follows T, nothing is padded to the longest sequence.
+//  * skip_padded_queries: the query rows the bool key_padding_mask marks (L == S) are the keys
+//    compaction drops, so with compaction only the kept rows are projected (Q, K and V in one
+//    GEMM for self-attention), attended and projected out; the others are zeros.  Without
+//    compaction (NaN / Inf, above) every row is computed and the marked ones are zeroed.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -54,6 +62,7 @@ KernelInputs ReadInputs(Ort::KernelContext& ctx) {
     auto info = in.val[i].GetTensorTypeAndShapeInfo();
     d.elem_type = static_cast<int>(info.GetElementType());
     d.shape = info.GetShape();
+    if (d.elem_type == kElemInt64) d.int64_data = in.val[i].GetTensorData<int64_t>();
   }
   return in;
 }
@@ -189,7 +198,11 @@ void MaskedMHAKernel::SelectWeights(const Problem& p, const KernelInputs& in, bo
   const int64_t E = p.E;
   const float* w_in = in.Float(kInProjWeight);
   const bool same_kv = plan->key == plan->value && p.Kd == p.Vd;
-  const bool self_attn = p.packed && !compact && same_kv && plan->query == plan->key && p.L == p.S;
+  // One GEMM gives Q, K and V when the query rows projected are the key rows: every row of
+  // L == S (no compaction), every token row (variable-length mode), or the kept rows of both
+  // (compaction with skip_queries).
+  const bool same_rows = p.varlen || (compact ? plan->skip_queries : p.L == p.S);
+  const bool self_attn = p.packed && same_kv && plan->query == plan->key && same_rows;
   if (self_attn) {
     plan->w_qkv = &Packed(kInProjWeight, w_in, 0, 3 * E, E, &ws->qkv);
   } else {
@@ -213,7 +226,9 @@ void MaskedMHAKernel::Run(Ort::KernelContext& ctx, const Parallel& par) {
   plan.problem = Validate(in.desc, attrs_);
   plan.attrs = attrs_;
   const Problem& p = plan.problem;
-  plan.out = ctx.GetOutput(kOutput, {p.B, p.L, p.E}).GetTensorMutableData<float>();
+  const std::vector<int64_t> out_shape =
+      p.varlen ? std::vector<int64_t>{p.T, p.E} : std::vector<int64_t>{p.B, p.L, p.E};
+  plan.out = ctx.GetOutput(kOutput, out_shape).GetTensorMutableData<float>();
   if (attrs_.need_weights) {
     const std::vector<int64_t> shape = attrs_.average_weights
                                            ? std::vector<int64_t>{p.B, p.L, p.Sp}
@@ -234,6 +249,13 @@ void MaskedMHAKernel::Run(Ort::KernelContext& ctx, const Parallel& par) {
   plan.out_bias = in.Float(kOutProjBias);
   plan.bias_k = in.Float(kBiasK);
   plan.bias_v = in.Float(kBiasV);
+  if (p.varlen) plan.seq_offset = in.desc[kSequenceOffsets].int64_data;
+  if (attrs_.skip_padded_queries) {
+    // The padded query rows are zeros; they are not computed at all when the keys are
+    // compacted (the kept queries are then the kept keys), else computed and zeroed.
+    plan.padded_queries = masks.kpm_bool;
+    plan.skip_queries = compact;
+  }
   WeightScratch ws;  // used only for weights that are not constant initializers
   SelectWeights(p, in, compact, &plan, &ws);
   if (compact) {

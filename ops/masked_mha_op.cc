@@ -15,6 +15,7 @@ ONNXTensorElementDataType MaskedMHAOp::GetInputType(size_t index) const {
   // Masks may be bool or float: accepted as "any type" here and checked in validate.cc, which
   // gives a message naming the input.
   if (index == kKeyPaddingMask || index == kAttnMask) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  if (index == kSequenceOffsets) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 
@@ -47,12 +48,13 @@ OrtStatusPtr ORT_API_CALL MaskedMHAOp::InferOutputShapes(const OrtCustomOp*,
   if (OrtStatus* st = api.ShapeInferContext_GetInputTypeShape(ctx, kQuery, &q)) return st;
   size_t rank = 0;
   if (OrtStatus* st = api.GetDimensionsCount(q, &rank)) return st;
-  if (rank != 3) return nullptr;
+  // (B, L, E), or (T, E) in the variable-length mode: the output has query's shape either way.
+  if (rank != 3 && rank != 2) return nullptr;
   int64_t dims[3];
   const char* names[3] = {nullptr, nullptr, nullptr};
-  if (OrtStatus* st = api.GetDimensions(q, dims, 3)) return st;
-  if (OrtStatus* st = api.GetSymbolicDimensions(q, names, 3)) return st;
-  for (int i = 0; i < 3; ++i) {
+  if (OrtStatus* st = api.GetDimensions(q, dims, rank)) return st;
+  if (OrtStatus* st = api.GetSymbolicDimensions(q, names, rank)) return st;
+  for (size_t i = 0; i < rank; ++i) {
     const bool named = names[i] != nullptr && names[i][0] != '\0';
     if (named) dims[i] = -1;
     else if (dims[i] < 0) return nullptr;
@@ -61,8 +63,8 @@ OrtStatusPtr ORT_API_CALL MaskedMHAOp::InferOutputShapes(const OrtCustomOp*,
   OrtTensorTypeAndShapeInfo* out = nullptr;
   if (OrtStatus* st = api.CreateTensorTypeAndShapeInfo(&out)) return st;
   OrtStatus* st = api.SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-  if (!st) st = api.SetDimensions(out, dims, 3);
-  if (!st) st = api.SetSymbolicDimensions(out, names, 3);
+  if (!st) st = api.SetDimensions(out, dims, rank);
+  if (!st) st = api.SetSymbolicDimensions(out, names, rank);
   if (!st) st = api.ShapeInferContext_SetOutputTypeShape(ctx, kOutput, out);
   api.ReleaseTensorTypeAndShapeInfo(out);
   return st;

@@ -19,7 +19,8 @@ inline constexpr int kOpsetVersion = 1;
 
 enum Input : int {
   kQuery = 0, kKey, kValue, kInProjWeight, kKProjWeight, kVProjWeight, kInProjBias,
-  kOutProjWeight, kOutProjBias, kBiasK, kBiasV, kKeyPaddingMask, kAttnMask, kNumInputs
+  kOutProjWeight, kOutProjBias, kBiasK, kBiasV, kKeyPaddingMask, kAttnMask, kSequenceOffsets,
+  kNumInputs
 };
 
 struct InputSpec {
@@ -41,6 +42,7 @@ inline constexpr InputSpec kInputs[kNumInputs] = {
     {"bias_v", false},
     {"key_padding_mask", false},
     {"attn_mask", false},
+    {"sequence_offsets", false},  // int64 (B + 1): the variable-length mode (docs/MaskedMHA.md)
 };
 
 // ---- outputs ----------------------------------------------------------------------------------
@@ -72,5 +74,6 @@ inline constexpr IntAttribute kIsCausal = {"is_causal", 0, false};
 inline constexpr IntAttribute kAddZeroAttn = {"add_zero_attn", 0, false};
 inline constexpr StringAttribute kFullyMaskedRow = {"fully_masked_row", "zero", {"zero", "nan"}};
 inline constexpr IntAttribute kAverageAttnWeights = {"average_attn_weights", 1, false};
+inline constexpr IntAttribute kSkipPaddedQueries = {"skip_padded_queries", 0, false};
 
 }  // namespace maskedmha

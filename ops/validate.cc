@@ -1,8 +1,11 @@
-// Validation of MaskedMHA inputs (see validate.h).  Order of checks: presence and pairing, then
-// element types, then ranks and dimensions (E from query, S from key, H from the attribute),
-// then sizes whose products would overflow.  Nothing is computed before all checks pass.
+// Validation of MaskedMHA inputs (see validate.h).  Order of checks: presence and pairing (and
+// what the variable-length mode excludes), then element types, then ranks and dimensions (E from
+// query, S from key, H from the attribute; in the variable-length mode T from query and B and the
+// sequences from sequence_offsets' values), then what skip_padded_queries needs, then sizes whose
+// products would overflow.  Nothing is computed before all checks pass.
 #include "validate.h"
 
+#include <algorithm>
 #include <limits>
 #include <sstream>
 
@@ -35,6 +38,11 @@ void CheckPair(const std::vector<TensorDesc>& in, int a, int b) {
 
 void CheckType(const TensorDesc& t, int i, bool allow_bool) {
   if (!t.is_tensor) Fail(Prefix(i) + " must be a tensor");
+  if (i == kSequenceOffsets) {
+    if (t.elem_type != kElemInt64)
+      Fail(Prefix(i) + " has element type " + ElemTypeName(t.elem_type) + ", expected tensor(int64)");
+    return;
+  }
   if (t.elem_type == kElemFloat) return;
   if (allow_bool && t.elem_type == kElemBool) return;
   Fail(Prefix(i) + " has element type " + ElemTypeName(t.elem_type) + ", expected " +
@@ -112,13 +120,33 @@ void ValidateAttributes(const Attributes& a) {
 
 namespace {
 
-// Presence and pairing: required inputs given, 4/5 and 9/10 together.
-void CheckPresence(const std::vector<TensorDesc>& in, Problem* out) {
+// The tail of every message about what the variable-length mode excludes.
+std::string NotWithVarlen() {
+  return std::string(" is not supported with ") + NameOf(kSequenceOffsets) +
+         " (variable-length mode)";
+}
+
+// Presence and pairing: required inputs given, 4/5 and 9/10 together; in the variable-length
+// mode no mask, no attn_weights output and skip_padded_queries = 0.
+void CheckPresence(const std::vector<TensorDesc>& in, const Attributes& attrs, Problem* out) {
   Problem& p = *out;
   for (int i = 0; i < kNumInputs; ++i)
     if (kInputs[i].required) RequirePresent(in, i);
   CheckPair(in, kKProjWeight, kVProjWeight);
   CheckPair(in, kBiasK, kBiasV);
+  p.varlen = in[kSequenceOffsets].present;
+  if (p.varlen) {
+    for (int i : {kKeyPaddingMask, kAttnMask})
+      if (in[i].present)
+        Fail(Prefix(i) + NotWithVarlen() +
+             ": each sequence attends over its own keys only; leave it absent");
+    if (attrs.need_weights)
+      Fail(std::string("MaskedMHA: output 1 '") + kOutputNames[kAttnWeights] + "'" +
+           NotWithVarlen() + ": leave the node's second output absent");
+    if (attrs.skip_padded_queries)
+      Fail(std::string("MaskedMHA: attribute '") + kSkipPaddedQueries.name + "' = 1" +
+           NotWithVarlen() + ": expected 0 (there are no padded rows to skip)");
+  }
   p.packed = !in[kKProjWeight].present;
   p.has_in_bias = in[kInProjBias].present;
   p.has_out_bias = in[kOutProjBias].present;
@@ -140,10 +168,19 @@ void CheckTypes(const std::vector<TensorDesc>& in, Problem* out) {
 // key, H from the attribute).
 void CheckProjections(const std::vector<TensorDesc>& in, const Attributes& attrs, Problem* out) {
   Problem& p = *out;
-  CheckRank(in[kQuery], kQuery, 3, "(B, L, E)");
-  p.B = in[kQuery].shape[0];
-  p.L = in[kQuery].shape[1];
-  p.E = in[kQuery].shape[2];
+  // The variable-length mode has (T, ...) token rows where the dense one has (B, L, ...) /
+  // (B, S, ...); B, L and S then come from sequence_offsets (CheckSequenceOffsets).
+  const bool vl = p.varlen;
+  if (vl) {
+    CheckRank(in[kQuery], kQuery, 2, "(T, E) in the variable-length mode");
+    p.T = in[kQuery].shape[0];
+    p.E = in[kQuery].shape[1];
+  } else {
+    CheckRank(in[kQuery], kQuery, 3, "(B, L, E)");
+    p.B = in[kQuery].shape[0];
+    p.L = in[kQuery].shape[1];
+    p.E = in[kQuery].shape[2];
+  }
   p.H = attrs.num_heads;
   if (p.E % p.H != 0)
     Fail(Prefix(kQuery) + ": embed_dim E=" + std::to_string(p.E) + " (shape " +
@@ -154,28 +191,72 @@ void CheckProjections(const std::vector<TensorDesc>& in, const Attributes& attrs
                                ShapeToString(in[kQuery].shape));
   p.D = p.E / p.H;
 
-  CheckRank(in[kKey], kKey, 3, "(B, S, kdim)");
-  p.S = in[kKey].shape[1];
-  p.Kd = in[kKey].shape[2];
-  CheckRank(in[kValue], kValue, 3, "(B, S, vdim)");
-  p.Vd = in[kValue].shape[2];
+  if (vl) {
+    CheckRank(in[kKey], kKey, 2, "(T, kdim) in the variable-length mode");
+    p.Kd = in[kKey].shape[1];
+    CheckRank(in[kValue], kValue, 2, "(T, vdim) in the variable-length mode");
+    p.Vd = in[kValue].shape[1];
+  } else {
+    CheckRank(in[kKey], kKey, 3, "(B, S, kdim)");
+    p.S = in[kKey].shape[1];
+    p.Kd = in[kKey].shape[2];
+    CheckRank(in[kValue], kValue, 3, "(B, S, vdim)");
+    p.Vd = in[kValue].shape[2];
+  }
+  // The expected shape of key / value rows of width `width`, and its meaning.
+  auto rows = [&](int64_t width) {
+    return vl ? std::vector<int64_t>{p.T, width} : std::vector<int64_t>{p.B, p.S, width};
+  };
+  const char* kv_e = vl ? "(T, E)" : "(B, S, E)";
   // "k_proj_weight/v_proj_weight", named in the messages about packed or separate weights.
   const std::string kv_weights = std::string(NameOf(kKProjWeight)) + "/" + NameOf(kVProjWeight);
   if (p.packed) {
     const std::string needs = std::string("a packed ") + NameOf(kInProjWeight) + " needs ";
     const std::string otherwise = " = E; give " + kv_weights + " otherwise";
-    CheckShape(in[kKey], kKey, {p.B, p.S, p.E}, "(B, S, E)", needs + "kdim" + otherwise);
-    CheckShape(in[kValue], kValue, {p.B, p.S, p.E}, "(B, S, E)", needs + "vdim" + otherwise);
+    CheckShape(in[kKey], kKey, rows(p.E), kv_e, needs + "kdim" + otherwise);
+    CheckShape(in[kValue], kValue, rows(p.E), kv_e, needs + "vdim" + otherwise);
     CheckShape(in[kInProjWeight], kInProjWeight, {3 * p.E, p.E}, "(3E, E)",
                "packed weight, as " + kv_weights + " are absent");
   } else {
-    CheckShape(in[kKey], kKey, {p.B, p.S, p.Kd}, "(B, S, kdim)");
-    CheckShape(in[kValue], kValue, {p.B, p.S, p.Vd}, "(B, S, vdim)");
+    CheckShape(in[kKey], kKey, rows(p.Kd), vl ? "(T, kdim)" : "(B, S, kdim)");
+    CheckShape(in[kValue], kValue, rows(p.Vd), vl ? "(T, vdim)" : "(B, S, vdim)");
     CheckShape(in[kInProjWeight], kInProjWeight, {p.E, p.E}, "(E, E)",
                "q_proj_weight, as " + kv_weights + " are given");
     CheckShape(in[kKProjWeight], kKProjWeight, {p.E, p.Kd}, "(E, kdim)");
     CheckShape(in[kVProjWeight], kVProjWeight, {p.E, p.Vd}, "(E, vdim)");
   }
+}
+
+// The variable-length mode's sequence_offsets: shape (B + 1), values 0 = offsets[0] <= ... <=
+// offsets[B] = T.  Sets B and L = S = the longest sequence.
+void CheckSequenceOffsets(const std::vector<TensorDesc>& in, Problem* out) {
+  Problem& p = *out;
+  const TensorDesc& t = in[kSequenceOffsets];
+  const std::string expected = " (B + 1 offsets of the B sequences into the T = " +
+                               std::to_string(p.T) + " rows of " + Named(kQuery) + ")";
+  if (t.shape.size() != 1 || t.shape[0] < 1)
+    Fail(Prefix(kSequenceOffsets) + " has shape " + ShapeToString(t.shape) +
+         ", expected [B+1] with B >= 0" + expected);
+  p.B = t.shape[0] - 1;
+  const int64_t* off = t.int64_data;
+  if (off == nullptr) Fail(Prefix(kSequenceOffsets) + ": internal error: values not available");
+  const std::string rule = ", expected 0 = offsets[0] <= offsets[1] <= ... <= offsets[B] = T";
+  if (off[0] != 0)
+    Fail(Prefix(kSequenceOffsets) + " starts with " + std::to_string(off[0]) + rule + expected);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < p.B; ++b) {
+    if (off[b + 1] < off[b])
+      Fail(Prefix(kSequenceOffsets) + " decreases: offsets[" + std::to_string(b + 1) + "] = " +
+           std::to_string(off[b + 1]) + " < offsets[" + std::to_string(b) + "] = " +
+           std::to_string(off[b]) + rule + expected);
+    if (off[b + 1] > p.T) break;  // reported below, as the last offset exceeds T too
+    longest = std::max(longest, off[b + 1] - off[b]);
+  }
+  for (int64_t b = 0; b <= p.B; ++b)
+    if (off[b] > p.T || (b == p.B && off[b] != p.T))
+      Fail(Prefix(kSequenceOffsets) + " has offsets[" + std::to_string(b) + "] = " +
+           std::to_string(off[b]) + rule + expected);
+  p.L = p.S = longest;
 }
 
 // Dimensions of the biases and masks, then the extra keys.
@@ -210,9 +291,31 @@ void CheckBiasesAndMasks(const std::vector<TensorDesc>& in, const Attributes& at
   p.Sp = p.S + p.X;
 }
 
+// skip_padded_queries = 1 skips the query rows a bool key_padding_mask marks: it needs that mask
+// and L == S (query row i is key position i).  (The variable-length mode refused it already.)
+void CheckSkipPaddedQueries(const Attributes& attrs, const Problem& p) {
+  if (!attrs.skip_padded_queries) return;
+  const std::string prefix = std::string("MaskedMHA: attribute '") + kSkipPaddedQueries.name +
+                             "' = 1 needs ";
+  if (p.kpm != MaskKind::kBool)
+    Fail(prefix + "a tensor(bool) " + Named(kKeyPaddingMask) + " (it marks the query rows to "
+         "skip), but it is " + (p.kpm == MaskKind::kNone ? "absent" : "tensor(float)"));
+  if (p.L != p.S)
+    Fail(prefix + "L == S (query row i is key position i), but " + Named(kQuery) + " has L=" +
+         std::to_string(p.L) + " and " + Named(kKey) + " has S=" + std::to_string(p.S));
+}
+
 // Sizes of everything the kernel allocates or indexes; the message names the inputs whose
 // dimensions are multiplied.
 void CheckSizes(const std::vector<TensorDesc>& in, const Problem& p) {
+  if (p.varlen) {
+    const std::string q_shape = " from " + Named(kQuery) + " " + ShapeToString(in[kQuery].shape);
+    CheckedProduct({p.T, 3, p.E}, "the projected query/key/value (T*3E)" + q_shape);
+    CheckedProduct({p.T, std::max(p.Kd, p.Vd)}, "key/value (T*max(kdim, vdim))" + q_shape);
+    CheckedProduct({3, p.E, std::max(p.E, std::max(p.Kd, p.Vd))},
+                   "the projection weights (3E*max(E, kdim, vdim))" + q_shape);
+    return;
+  }
   const std::string q_shape = " from " + Named(kQuery) + " " + ShapeToString(in[kQuery].shape);
   const std::string k_shape = " and " + Named(kKey) + " " + ShapeToString(in[kKey].shape);
   CheckedProduct({p.B, p.L, 3, p.E}, "the projected query (B*L*3E)" + q_shape);
@@ -231,10 +334,12 @@ Problem Validate(const std::vector<TensorDesc>& in, const Attributes& attrs) {
          " input descriptors");
   ValidateAttributes(attrs);
   Problem p;
-  CheckPresence(in, &p);
+  CheckPresence(in, attrs, &p);
   CheckTypes(in, &p);
   CheckProjections(in, attrs, &p);
+  if (p.varlen) CheckSequenceOffsets(in, &p);
   CheckBiasesAndMasks(in, attrs, &p);
+  CheckSkipPaddedQueries(attrs, p);
   CheckSizes(in, p);
   return p;
 }

@@ -36,7 +36,8 @@ struct Workspace {
   // forward.cc: projections and the attention result.
   Buffer qkv;                     // packed Q,K,V of self-attention (B*L x 3E)
   Buffer q, kv, k, v;             // projections otherwise (B*L x E, N x 2E, N x E, N x E)
-  Buffer attn;                    // concatenated heads before the output projection (B*L x E)
+  Buffer attn;                    // concatenated heads before the output projection (rows x E)
+  Buffer kept_out;                // skip_padded_queries: the kept rows' output projection (N x E)
   Buffer per_head;                // per-head probabilities before averaging (B*H*L*S')
   std::vector<int64_t> kv_rows;   // compaction: source row of each kept key (N)
 
