@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 
 from .fallback import (ATTRIBUTE_DEFAULTS, ATTRIBUTES, DOMAIN, GUARD_DOMAIN, OP_TYPE, Config,
                        build_function, build_guard)
+from .schema import INPUT_NAMES
 
 # Overload names of the two guards (no node uses them).
 GUARD_OVERLOADS = ("needs_function_overloads.first", "needs_function_overloads.last")
@@ -152,7 +153,7 @@ def _mask_kind(name, table, what, node):
 
 
 def node_config(node: onnx.NodeProto, table: dict) -> Config:
-    ins = list(node.input) + [""] * (13 - len(node.input))
+    ins = list(node.input) + [""] * (len(INPUT_NAMES) - len(node.input))
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if "num_heads" not in attrs:
         raise ValueError(f"maskedmha: node {node.name!r} has no num_heads attribute")

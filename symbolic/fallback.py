@@ -191,7 +191,8 @@ def build_function(spec: Config | Signature, opset: int,
     static = isinstance(spec, Config)
     sig = spec.signature if static else spec
     b = _Builder(opset)
-    query, key, value, w_in, w_k, w_v, b_in, w_out, b_out, bias_k, bias_v, kpm, am = INPUT_NAMES
+    (query, key, value, w_in, w_k, w_v, b_in, w_out, b_out, bias_k, bias_v, kpm, am,
+     offsets) = INPUT_NAMES
 
     # num_heads as a 1-D [H]
     if static:
@@ -367,7 +368,7 @@ def build_guard(opset: int, overload: str) -> onnx.FunctionProto:
     (which ignore overloads and take the last same-named function) then fail at session creation
     with "Fatal error: com.maskedmha.needs_function_overloads:<GUARD_OP>(-1) is not a registered
     function/op"; ORT >= 1.27 (which honour overloads) never look at it (measured).  It declares
-    all 13 inputs and both outputs so that message is the one every node gets: with one output,
+    all the op's inputs and both outputs so that message is the one every node gets: with one output,
     ORT 1.19-1.26 reject a two-output node earlier with a bare "Number of actual parameters
     cannot exceed number of formal parameters" (measured)."""
     nodes = [helper.make_node(GUARD_OP, ["query"], ["_unresolvable", "attn_weights"],

@@ -41,6 +41,7 @@ def make_model(cfg: Config, opset: int) -> onnx.ModelProto:
         "bias_v": (f32, [E]) if cfg.bias_kv else None,
         "key_padding_mask": ((b if cfg.kpm == "b" else f32, ["B", "S"]) if cfg.kpm else None),
         "attn_mask": None,
+        "sequence_offsets": None,   # the variable-length mode: tests/test_fallback_varlen.py
     }
     if cfg.am:
         specs["attn_mask"] = (b if cfg.am[1] == "b" else f32,
