@@ -256,26 +256,29 @@ def tokenizer_model(bpe: ByteBPE, max_positions: int, opset: int = 18, ir_versio
         return helper.make_node("Constant", [], [name], value=helper.make_tensor(
             name, TensorProto.INT64, [len(values)], values))
 
+    def v(name):  # the graph's inner values, named apart from any model it is merged with
+        return "tokenizer/" + name
+
     nodes = [
-        helper.make_node("GPT2Tokenizer", ["text"], ["tok_ids", "tok_mask"], name="tokenize",
+        helper.make_node("GPT2Tokenizer", ["text"], [v("ids"), v("mask")], name="tokenize",
                          domain=EXTENSIONS_DOMAIN, vocab=bpe.vocab_json(),
                          merges=bpe.merges_text(), padding_length=-1),
         # One BOS column: shape (batch, 1), whatever the batch.
-        helper.make_node("Shape", ["text"], ["batch"]),
-        const("one", [1]),
-        helper.make_node("Concat", ["batch", "one"], ["col_shape"], axis=0),
-        helper.make_node("ConstantOfShape", ["col_shape"], ["bos_col"],
+        helper.make_node("Shape", ["text"], [v("batch")]),
+        const(v("one"), [1]),
+        helper.make_node("Concat", [v("batch"), v("one")], [v("col_shape")], axis=0),
+        helper.make_node("ConstantOfShape", [v("col_shape")], [v("bos_col")],
                          value=helper.make_tensor("bos", TensorProto.INT64, [1], [bpe.bos_id])),
-        helper.make_node("ConstantOfShape", ["col_shape"], ["valid_col"],
+        helper.make_node("ConstantOfShape", [v("col_shape")], [v("valid_col")],
                          value=helper.make_tensor("valid", TensorProto.INT64, [1], [1])),
-        helper.make_node("Concat", ["bos_col", "tok_ids"], ["ids_bos"], axis=1),
-        helper.make_node("Concat", ["valid_col", "tok_mask"], ["mask_bos"], axis=1),
+        helper.make_node("Concat", [v("bos_col"), v("ids")], [v("ids_bos")], axis=1),
+        helper.make_node("Concat", [v("valid_col"), v("mask")], [v("mask_bos")], axis=1),
         # Truncation to the model's positions (documented; a Gather past the table would fail).
-        const("zero", [0]), const("limit", [max_positions]),
-        helper.make_node("Slice", ["ids_bos", "zero", "limit", "one"], ["input_ids"]),
-        helper.make_node("Slice", ["mask_bos", "zero", "limit", "one"], ["mask_cut"]),
-        const("pad", [0]),
-        helper.make_node("Equal", ["mask_cut", "pad"], ["key_padding_mask"]),
+        const(v("zero"), [0]),
+        const(v("limit"), [max_positions]),
+        helper.make_node("Slice", [v("ids_bos"), v("zero"), v("limit"), v("one")], ["input_ids"]),
+        helper.make_node("Slice", [v("mask_bos"), v("zero"), v("limit"), v("one")], [v("mask_cut")]),
+        helper.make_node("Equal", [v("mask_cut"), v("zero")], ["key_padding_mask"]),
     ]
     graph = helper.make_graph(
         nodes, "tokenizer",
