@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import maskedmha
 from maskedmha.symbolic.schema import DOMAIN, INPUT_NAMES, OP_TYPE, OPSET_VERSION, OUTPUT_NAMES
@@ -93,3 +93,54 @@ def run(feeds: dict, num_heads: int, need_weights=False, **attrs):
 def stock_session(model) -> ort.InferenceSession:
     """``model`` (a ModelProto) on stock ONNX Runtime: no library, CPU provider."""
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+WEIGHT_INPUTS = ("in_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
+                 "out_proj_weight", "out_proj_bias", "bias_k", "bias_v")
+
+
+def self_attention_model(feeds: dict, num_heads: int, need_weights: bool = False,
+                         **attrs) -> bytes:
+    """One MaskedMHA node whose query, key and value are ONE graph input "x" (the kernel's
+    self-attention path: one GEMM for Q, K and V) and whose weights are constant initializers
+    (packed once per session); the other given inputs (masks, sequence_offsets) are graph inputs
+    of their own names.  Feed it with ``self_attention_feeds``."""
+    x = feeds["query"]
+    node_inputs, graph_inputs, inits = [], [], []
+    graph_inputs.append(helper.make_tensor_value_info(
+        "x", ONNX_TYPE[x.dtype], [f"x_d{i}" for i in range(x.ndim - 1)] + [x.shape[-1]]))
+    for name in INPUT_NAMES:
+        arr = feeds.get(name)
+        if name in ("query", "key", "value"):
+            node_inputs.append("x")
+        elif arr is None:
+            node_inputs.append("")
+        elif name in WEIGHT_INPUTS:
+            node_inputs.append(name)
+            inits.append(numpy_helper.from_array(arr, name=name))
+        else:
+            node_inputs.append(name)
+            graph_inputs.append(helper.make_tensor_value_info(
+                name, ONNX_TYPE[arr.dtype], [f"{name}_d{i}" for i in range(arr.ndim)]))
+    while node_inputs and node_inputs[-1] == "":
+        node_inputs.pop()
+    outputs = list(OUTPUT_NAMES[:2 if need_weights else 1])
+    node = helper.make_node(OP_TYPE, node_inputs, outputs, domain=DOMAIN,
+                            num_heads=num_heads, **attrs)
+    graph = helper.make_graph(
+        [node], "masked_mha_self", graph_inputs,
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+    model.ir_version = 9  # readable by ORT 1.17 (see single_node_model)
+    return model.SerializeToString()
+
+
+def self_attention_feeds(feeds: dict) -> dict:
+    """The run feeds of ``self_attention_model``: "x" (= query) and the non-weight inputs."""
+    run_feeds = {"x": feeds["query"]}
+    for name in INPUT_NAMES[3:]:
+        if name not in WEIGHT_INPUTS and feeds.get(name) is not None:
+            run_feeds[name] = feeds[name]
+    return run_feeds
