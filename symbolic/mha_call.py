@@ -237,6 +237,22 @@ def build_functional_call(query, key, value, embed_dim_to_check, num_heads, in_p
                   out_features=None if out_features == embed_dim else out_features)
 
 
+def build_packed_call(mha: torch.nn.MultiheadAttention, rows, sequence_offsets) -> OpCall:
+    """Self-attention of ``mha`` over packed token rows (variable-length mode): ``rows`` (T, E)
+    is query, key and value at once, sequence b being rows offsets[b]..offsets[b+1]-1.
+
+    What ``nn.TransformerEncoderLayer`` asks of its ``self_attn`` (no masks, need_weights=False)
+    on the valid tokens only; ``packed_encoder`` checks the call qualifies (float32, E = embed
+    dim, one packed in_proj_weight) before it gets here."""
+    inputs = [rows, rows, rows, mha.in_proj_weight, None, None, mha.in_proj_bias,
+              mha.out_proj.weight, mha.out_proj.bias,
+              mha.bias_k.reshape(-1) if mha.bias_k is not None else None,
+              mha.bias_v.reshape(-1) if mha.bias_v is not None else None,
+              None, None, sequence_offsets]
+    return OpCall(inputs=inputs, num_heads=int(mha.num_heads),
+                  add_zero_attn=int(bool(mha.add_zero_attn)), need_weights=False)
+
+
 def _canon(mask, dtype):
     if mask is None:
         return None

@@ -45,20 +45,31 @@ def _backend_call(backend):
     return call
 
 
-def _make_forward(call):
+def _skip_padded(op, query, key, value, key_padding_mask):
+    """``skip_padded_queries=True``: set the attribute on self-attention (query, key and value
+    one tensor) with a bool key_padding_mask, where the op accepts it (L == S)."""
+    if query is key and key is value and key_padding_mask is not None and \
+            key_padding_mask.dtype == torch.bool and op.inputs[0].shape[1] == op.inputs[1].shape[1]:
+        op.skip_padded_queries = 1
+    return op
+
+
+def _make_forward(call, skip_padded_queries=False):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
         op = mha_call.build_call(self, query, key, value, key_padding_mask=key_padding_mask,
                                  need_weights=need_weights, attn_mask=attn_mask,
                                  average_attn_weights=average_attn_weights,
                                  is_causal=is_causal)
+        if skip_padded_queries:
+            _skip_padded(op, query, key, value, key_padding_mask)
         return call(op)
     forward.__name__ = "forward"
     forward.__qualname__ = "MultiheadAttention.forward"
     return forward
 
 
-def _make_functional(call, original):
+def _make_functional(call, original, skip_padded_queries=False):
     def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_heads,
                                      in_proj_weight, in_proj_bias, bias_k, bias_v, add_zero_attn,
                                      dropout_p, out_proj_weight, out_proj_bias, training=True,
@@ -90,6 +101,8 @@ def _make_functional(call, original):
                             q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
                             v_proj_weight=v_proj_weight, static_k=static_k, static_v=static_v,
                             average_attn_weights=average_attn_weights, is_causal=is_causal)
+        if skip_padded_queries:
+            _skip_padded(op, query, key, value, key_padding_mask)
         return call(op)
     multi_head_attention_forward.__wrapped__ = original
     return multi_head_attention_forward
@@ -100,21 +113,33 @@ def _detect_from_hint(mask, is_causal=None, size=None):
 
 
 @contextlib.contextmanager
-def patched(backend: str):
+def patched(backend: str, *, skip_padded_queries: bool = False, remove_padding: bool = False):
+    """Yields a ``packed_encoder.PackingReport`` when ``remove_padding`` (else None)."""
     call = _backend_call(backend)
     with _lock:
         old_forward = nn.MultiheadAttention.__dict__["forward"]
         old_functional = F.multi_head_attention_forward
         old_detect = _transformer._detect_is_causal_mask
         old_fastpath = torch.backends.mha.get_fastpath_enabled()
+        old_encoder = nn.TransformerEncoder.__dict__["forward"]
+        old_layer = nn.TransformerEncoderLayer.__dict__["forward"]
+        report = None
         try:
-            nn.MultiheadAttention.forward = _make_forward(call)
-            F.multi_head_attention_forward = _make_functional(call, old_functional)
+            nn.MultiheadAttention.forward = _make_forward(call, skip_padded_queries)
+            F.multi_head_attention_forward = _make_functional(call, old_functional,
+                                                              skip_padded_queries)
             _transformer._detect_is_causal_mask = _detect_from_hint
             torch.backends.mha.set_fastpath_enabled(False)
-            yield
+            if remove_padding:
+                from .packed_encoder import PackingReport, make_forwards
+                report = PackingReport()
+                nn.TransformerEncoder.forward, nn.TransformerEncoderLayer.forward = \
+                    make_forwards(call, report, old_encoder, old_layer)
+            yield report
         finally:
             nn.MultiheadAttention.forward = old_forward
             F.multi_head_attention_forward = old_functional
             _transformer._detect_is_causal_mask = old_detect
             torch.backends.mha.set_fastpath_enabled(old_fastpath)
+            nn.TransformerEncoder.forward = old_encoder
+            nn.TransformerEncoderLayer.forward = old_layer

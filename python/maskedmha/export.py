@@ -234,7 +234,8 @@ def _export_dynamo(model, args, kwargs, names, tensors, output_names, dynamic_ax
 
 def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=None,
            output_names=None, dynamic_axes=None, fused: bool = True, exporter: str = "dynamo",
-           opset_version: int | None = None, fallback: bool = True) -> onnx.ModelProto:
+           opset_version: int | None = None, fallback: bool = True,
+           remove_padding: bool = False, skip_padded_queries: bool = False) -> onnx.ModelProto:
     """Export ``model`` to ONNX with every ``nn.MultiheadAttention`` as one MaskedMHA node (also
     attention computed by calling ``F.multi_head_attention_forward`` directly, except calls with
     ``static_k``/``static_v`` or an output projection wider than embed_dim: those stay standard
@@ -248,8 +249,21 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
     the decomposed model (standard ops only).  ``fallback=False`` leaves the standard-op fallback
     out of the file: it then runs only with the library, but never needs IR 10, so ONNX Runtime
     1.17-1.18 (IR <= 9) run it even where the fallback would need function overloads (models
-    whose attention calls differ in which masks they pass, e.g. ``nn.Transformer``).  Writes
-    ``f`` (path or binary file object) when given and returns the ``onnx.ModelProto``.
+    whose attention calls differ in which masks they pass, e.g. ``nn.Transformer``).
+
+    ``remove_padding=True``: every ``nn.TransformerEncoder`` (or ``nn.TransformerEncoderLayer``
+    called on its own) given a bool ``src_key_padding_mask`` and no src mask is exported
+    padding-free: the valid tokens are gathered once, every layer runs on them alone (its
+    self-attention one MaskedMHA node in variable-length mode), and the result is scattered
+    back.  Valid positions are PyTorch's; padded positions are 0 (norm(0) under the encoder's
+    final norm), as PyTorch's nested-tensor path returns.  Other encoder calls are exported
+    dense, with one warning naming why (symbolic/packed_encoder.py).
+    ``skip_padded_queries=True``: self-attention calls (query, key and value one tensor) with a
+    bool key_padding_mask do not compute their padded query rows (output rows 0).
+    ``nn.TransformerEncoderLayer`` hands its attention a float mask (PyTorch converts it), so
+    this does not reach encoder layers: ``remove_padding`` is their route.
+
+    Writes ``f`` (path or binary file object) when given and returns the ``onnx.ModelProto``.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"maskedmha.export: exporter must be one of {EXPORTERS}, not "
@@ -276,7 +290,9 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
                       stacklevel=2)
         model.eval()
     try:
-        with torch.no_grad(), patched(exporter), _quiet():
+        with torch.no_grad(), _quiet(), patched(
+                exporter, remove_padding=remove_padding,
+                skip_padded_queries=skip_padded_queries) as packing:
             if exporter == "torchscript":
                 proto = _export_torchscript(model, args, kwargs, names, output_names,
                                             dynamic_axes, opset_version)
@@ -287,6 +303,8 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
         for m, training in modes:
             m.training = training
 
+    if packing is not None and packing.summary():
+        warnings.warn(packing.summary(), stacklevel=2)
     _rename_dims(proto, dynamic_axes, names, output_names)
     attach_functions(proto, fallback=fallback or not fused)
     if not fused:
