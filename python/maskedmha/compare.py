@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from . import DOMAIN, OP_TYPE
 from .inputs import FeedInfo, random_feeds_described
-from .session import session_options
+from .session import extensions_options, session_options
 
 
 @dataclass
@@ -64,8 +64,12 @@ def _session(model: onnx.ModelProto, with_library: bool, threads: int | None) ->
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    # Both graphs keep any onnxruntime-extensions ops (a tokenizer in front): both need that
+    # library when the model imports its domains; only the fused one gets ours.
     if with_library:
-        opts = session_options(opts)
+        opts = session_options(opts, model=model)
+    else:
+        opts = extensions_options(opts, model=model)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

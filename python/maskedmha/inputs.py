@@ -11,7 +11,12 @@ smallest positive size among the input's OWN axes: an index tensor is, in practi
 things it indexes (an edge_index (2, num_edges) into num_nodes >= 2 nodes, token ids (B, L) into a
 vocabulary far larger than B or L), and 0 is valid for every non-empty axis; the values are still
 varied, so a kernel that ignored them would show.  A graph that needs other values (e.g. indices
-into a fixed table smaller than that) takes real inputs with --inputs."""
+into a fixed table smaller than that) takes real inputs with --inputs.
+
+String inputs (a model with an in-graph tokenizer, see maskedmha.text) get random sentences of
+0 to ``MAX_WORDS`` words, some non-ASCII, one of them empty, so the padding to the longest row and
+the key padding mask it implies are exercised; --inputs takes numpy string arrays (dtype '<U...',
+what np.savez writes for a list of str)."""
 from __future__ import annotations
 
 import os
@@ -30,6 +35,27 @@ _NP = {
     onnx.TensorProto.INT16: np.int16, onnx.TensorProto.UINT16: np.uint16,
     onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.UINT64: np.uint64,
 }
+
+
+WORDS = ("the", "a", "padding", "mask", "attention", "of", "sentence", "token", "naïve", "café",
+         "数据", "模型", "😀", "it's", "12", "déjà", "vu", ",", ".")
+MAX_WORDS = 12
+
+
+def random_texts(shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Random sentences (object array of str) of 0 to MAX_WORDS words from WORDS; the first one
+    empty, the lengths otherwise varied."""
+    count = int(np.prod(shape)) if shape else 1
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(1, MAX_WORDS + 1))) for _ in range(count)]
+    if texts:
+        texts[0] = ""
+    out = np.empty(count, dtype=object)
+    out[:] = texts
+    return out.reshape(shape)
+
+
+def _is_string(vi: onnx.ValueInfoProto) -> bool:
+    return vi.type.tensor_type.elem_type == onnx.TensorProto.STRING
 
 
 @dataclass
@@ -116,8 +142,13 @@ def random_feeds_described(model: onnx.ModelProto, sizes: dict[str, int] | None 
     sizes = sizes or {}
     feeds, infos = {}, []
     for vi in graph_inputs(model):
-        dtype = _elem_dtype(vi)
         shape = _dims(vi, sizes, default_dim)
+        if _is_string(vi):
+            feeds[vi.name] = random_texts(shape, rng)
+            infos.append(FeedInfo(vi.name, "str", tuple(shape), f"random text (0 to {MAX_WORDS} "
+                                  "words, some non-ASCII, the first one empty)"))
+            continue
+        dtype = _elem_dtype(vi)
         if "mask" in vi.name.lower() and dtype in (np.bool_, np.float32):
             hidden = _padding(shape, rng)
             feeds[vi.name] = hidden if dtype == np.bool_ else np.where(hidden, -np.inf, 0).astype(np.float32)
@@ -178,9 +209,14 @@ def check_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray], path: str)
     infos = []
     for vi in inputs:
         arr = feeds[vi.name]
-        want = np.dtype(_elem_dtype(vi))
-        if arr.dtype != want:
-            raise UsageError(f"{where}: {vi.name!r} is {arr.dtype}, the model expects {want}")
+        if _is_string(vi):
+            if arr.dtype.kind != "U":  # what np.savez writes for str; bytes or numbers are not text
+                raise UsageError(f"{where}: {vi.name!r} is {arr.dtype}, the model expects text "
+                                 "(a numpy str array, e.g. np.array(['a sentence', ...]))")
+        else:
+            want = np.dtype(_elem_dtype(vi))
+            if arr.dtype != want:
+                raise UsageError(f"{where}: {vi.name!r} is {arr.dtype}, the model expects {want}")
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
