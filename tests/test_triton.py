@@ -441,3 +441,25 @@ def test_runtime_needs_neither_torch_nor_tritonclient():
             "sys.exit(f'imported {bad}' if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_external_data_is_copied(capsys, tmp_path):
+    """Weights kept outside the .onnx file resolve against the model's folder: they go into 1/."""
+    src = tmp_path / "src"
+    (src / "weights").mkdir(parents=True)
+    onnx.save(fused_model(with_fallback=True), src / "fused.onnx", save_as_external_data=True,
+              location="weights/fused.bin", size_threshold=0)
+    _write(capsys, [str(src / "fused.onnx"), str(tmp_path / "repo")])
+    entry = tmp_path / "repo" / "fused"
+    assert filecmp.cmp(src / "weights" / "fused.bin", entry / "1" / "weights" / "fused.bin",
+                       shallow=False)
+    cfg = read_config(entry)
+    sess = session_from_config(entry, cfg, tmp_path)
+    check_against_session(cfg, sess)
+    feeds = fused_feeds(2, 5)
+    fallback = ort.InferenceSession(str(src / "fused.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, feeds)[0], fallback.run(None, feeds)[0],
+                               rtol=1e-5, atol=1e-5)
+    os.remove(src / "weights" / "fused.bin")
+    _one_line_error(capsys, ["triton", str(src / "fused.onnx"), str(tmp_path / "other")],
+                    "'weights/fused.bin', which does not exist")
