@@ -23,6 +23,7 @@ import pytest
 import torch
 from google.protobuf import text_format
 from onnx import TensorProto, helper
+from tritonclient.utils import np_to_triton_dtype  # numpy only; tritonclient.http needs gevent
 
 import maskedmha
 from helpers.exporting import close
@@ -31,6 +32,8 @@ from helpers.fused_model import feeds as fused_feeds
 from helpers.fused_model import fused_model
 from helpers.reference import no_fastpath
 from maskedmha.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LIBRARY = os.path.basename(maskedmha.get_library_path())
 
@@ -225,6 +228,9 @@ def test_transformer_runs_fused_as_configured(capsys, transformer, tmp_path):
              "tgt_mask": torch.nn.Transformer.generate_square_subsequent_mask(tgt_len)}
     feeds = feeds_as_config_says(cfg, {"src": src.numpy(), "tgt": tgt.numpy(),
                                        **{k: v.numpy() for k, v in masks.items()}})
+    # What Triton's client sends for these arrays is what the configuration declares.
+    assert {k: np_to_triton_dtype(v.dtype) for k, v in feeds.items()} == {
+        io.name: PB2.DataType.Name(io.data_type).removeprefix("TYPE_") for io in cfg.input}
     (got,) = sess.run(None, feeds)
     with torch.no_grad(), no_fastpath():
         expected = model(src, tgt, **masks)
@@ -232,6 +238,22 @@ def test_transformer_runs_fused_as_configured(capsys, transformer, tmp_path):
     # Fused: our op's kernel ran, not the fallback's standard ops (the only Softmax is theirs).
     ran = kernels_run(sess)
     assert "MaskedMHA" in ran and "Softmax" not in ran, ran
+
+
+def test_serving_doc_client_uses_the_configured_inputs(capsys, transformer, tmp_path):
+    """docs/serving.md's client (shown, not run: no server here) is Python that parses, and the
+    inputs it sends are the ones the configuration for README's export declares."""
+    import ast
+    text = open(os.path.join(ROOT, "docs", "serving.md"), encoding="utf-8").read()
+    (block,) = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python")]
+    tree = ast.parse(block)
+    feeds = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", None) == "feeds")
+    _, path = transformer
+    _write(capsys, [path, str(tmp_path / "repo"), "--name", "transformer"])
+    cfg = read_config(tmp_path / "repo" / "transformer")
+    assert [k.value for k in feeds.keys] == [io.name for io in cfg.input]
+    assert '"transformer"' in block
 
 
 def test_dynamic_batching_refused_without_batch_axis(capsys, transformer, tmp_path):
