@@ -182,6 +182,8 @@ def make_config(model: onnx.ModelProto, name: str, *, library_path: str | None,
     notes = []
     symbol, why_not = find_batch_dim(tensors, batch_dim)
     if symbol is None:
+        if batch_dim is not None:
+            raise UsageError(f"--batch-dim {batch_dim}: {why_not}")
         if max_batch_size:
             raise UsageError(f"--max-batch-size {max_batch_size}: the model has no batch axis "
                              f"Triton could use ({why_not})")
@@ -332,9 +334,11 @@ def write_entry(model_path: str, repo_dir: str, cfg: Config, model: onnx.ModelPr
                 force: bool = False) -> str:
     """Write REPO_DIR/NAME (config.pbtxt, 1/model.onnx with its external data, the library when
     the config names it) and return its path.  The entry is assembled in a hidden folder of
-    REPO_DIR and renamed into place, so a server polling the repository never sees half of it;
-    ``force`` replaces an existing entry, whole (other version folders in it would otherwise be
-    served instead of the new model)."""
+    REPO_DIR (the same file system, so the final rename is atomic) and renamed into place: a
+    server polling the repository never sees half of REPO_DIR/NAME (it may list the hidden
+    folder meanwhile, which it cannot load: its name is not the configuration's).  ``force``
+    replaces an existing entry, whole (other version folders in it would otherwise be served
+    instead of the new model)."""
     if os.path.exists(repo_dir) and not os.path.isdir(repo_dir):
         raise UsageError(f"REPO_DIR {repo_dir} is a file, not a folder")
     entry = os.path.join(repo_dir, cfg.name)
