@@ -12,7 +12,6 @@
 #include "team.h"
 
 #include <algorithm>
-#include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -38,15 +37,14 @@ uint64_t Pack(uint64_t epoch, uint64_t front, uint64_t back) {
 }
 uint32_t EpochOf(uint64_t s) { return static_cast<uint32_t>(s >> (2 * kItemBits)); }
 
-// Spin-wait step: a pause instruction, and after ~0.1 ms of fruitless waiting also a yield, so
-// a helper whose leader is busy with serial work (e.g. packing the weights on the first call)
-// does not hold a core other threads need.
-void Pause(unsigned* spins) {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#endif
-  if (++*spins > 2000) std::this_thread::yield();
-}
+// Pause steps a thread waits (a helper for the next phase, the leader for the last items of a
+// phase) before it sleeps on the condition variable: 2000 pauses are ~20-60 us depending on
+// the CPU's pause latency, longer than the leader's serial steps between the phases of a call
+// (a few us), so in a quiet call nobody sleeps.  Why sleep at all (before: spin with
+// sched_yield for as long as it took): on a machine busier than its cores (several sessions,
+// another process), a spinning thread holds a core that the thread it waits for needs, and
+// sched_yield does not give it away under CFS.  Measured with team_ort.cc's change, see there.
+constexpr unsigned kHelperSpins = 2000;
 
 }  // namespace
 
@@ -63,7 +61,11 @@ bool TeamParallel::RunOne(uint32_t epoch, bool from_back) const {
     if (state_.compare_exchange_weak(s, next, std::memory_order_acq_rel,
                                      std::memory_order_acquire)) {
       (*fn_.load(std::memory_order_relaxed))(item);
-      finished_.fetch_add(1, std::memory_order_release);
+      if (finished_.fetch_add(1, std::memory_order_seq_cst) + 1 == n &&
+          leader_sleeps_.load(std::memory_order_seq_cst)) {
+        { std::lock_guard<std::mutex> lock(mutex_); }
+        wake_.notify_all();
+      }
       return true;
     }
   }
@@ -87,23 +89,65 @@ void TeamParallel::For(size_t n, const std::function<void(size_t)>& fn) const {
   finished_.store(0, std::memory_order_relaxed);
   fn_.store(&fn, std::memory_order_release);
   n_.store(n, std::memory_order_release);
-  state_.store(Pack(epoch_, 0, 0), std::memory_order_release);
+  state_.store(Pack(epoch_, 0, 0), std::memory_order_seq_cst);
+  WakeSleepers();
   while (RunOne(epoch_, false)) {
   }
-  unsigned spins = 0;
-  while (finished_.load(std::memory_order_acquire) < n) Pause(&spins);
+  // The last items run on helpers: spin briefly, then sleep until the last one finishes (a
+  // helper that was descheduled holding an item may take a time slice to come back; a sleeping
+  // leader leaves its core to it).
+  for (unsigned spins = 0; finished_.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < kHelperSpins) {
+#if defined(__x86_64__) || defined(__i386__)
+      _mm_pause();
+#endif
+      continue;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    leader_sleeps_.store(true, std::memory_order_seq_cst);
+    wake_.wait(lock, [&] { return finished_.load(std::memory_order_seq_cst) >= n; });
+    leader_sleeps_.store(false, std::memory_order_relaxed);
+  }
+}
+
+// Lost wake-ups: a helper goes to sleep only after incrementing sleepers_ and re-reading the
+// state under the mutex; the leader publishes the state (or done_) before reading sleepers_,
+// all sequentially consistent, so either the helper sees the new phase or the leader sees the
+// sleeper and notifies under the mutex (after the helper has started waiting).
+void TeamParallel::WakeSleepers() const {
+  if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+  { std::lock_guard<std::mutex> lock(mutex_); }
+  wake_.notify_all();
+}
+
+void TeamParallel::Finish() const {
+  done_.store(true, std::memory_order_seq_cst);
+  WakeSleepers();
 }
 
 void TeamParallel::Help() const {
   unsigned spins = 0;
   for (;;) {
-    const uint32_t epoch = EpochOf(state_.load(std::memory_order_acquire));
+    const uint64_t s = state_.load(std::memory_order_acquire);
+    const uint32_t epoch = EpochOf(s);
     if (epoch != 0 && RunOne(epoch, true)) {
       spins = 0;
       continue;
     }
     if (done_.load(std::memory_order_acquire)) return;
-    Pause(&spins);
+    if (++spins < kHelperSpins) {
+#if defined(__x86_64__) || defined(__i386__)
+      _mm_pause();
+#endif
+      continue;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    wake_.wait(lock, [&] {
+      return done_.load(std::memory_order_seq_cst) || state_.load(std::memory_order_seq_cst) != s;
+    });
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    spins = 0;
   }
 }
 

@@ -7,7 +7,8 @@
 // servers that share their cores) every section wakes the sleeping workers again: measured here
 // (2 threads), an empty section costs ~14 us and two 10 us tasks take 41 us instead of 10 -- a
 // 1x32 call (0.4 ms) paid more in wake-ups than in its attention.  With one section per call
-// the workers are woken once and then wait for the next phase by spinning briefly.
+// the workers are woken once and then wait for the next phase by spinning briefly (then they
+// sleep on a condition variable, so a busy machine's cores go to the threads that have work).
 //
 // The leader claims items like the helpers and never waits for a helper to arrive: a phase
 // waits only for items that some running thread has claimed, so a call finishes even when no
@@ -18,9 +19,11 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 
 #include "parallel.h"
 
@@ -34,7 +37,7 @@ class TeamParallel final : public Parallel {
   // Helper: runs the items of every phase posted until Finish().
   void Help() const;
   // Leader: no more phases; helpers return.
-  void Finish() const { done_.store(true, std::memory_order_release); }
+  void Finish() const;
 
  private:
   // Claims and runs one item of phase `epoch` (the lowest unclaimed one, or the highest if
@@ -50,6 +53,14 @@ class TeamParallel final : public Parallel {
   mutable std::atomic<size_t> finished_{0};  // items of the current phase run to the end
   mutable std::atomic<bool> done_{false};
   mutable uint32_t epoch_ = 0;  // leader only
+
+  // A helper that found no work for a while sleeps here until the next phase or Finish()
+  // instead of spinning on (team.cc, Help: why).
+  void WakeSleepers() const;
+  mutable std::atomic<int> sleepers_{0};
+  mutable std::atomic<bool> leader_sleeps_{false};  // the leader waits for the last items
+  mutable std::mutex mutex_;
+  mutable std::condition_variable wake_;
 };
 
 }  // namespace maskedmha

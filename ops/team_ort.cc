@@ -2,6 +2,12 @@
 #include "team_ort.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -13,6 +19,10 @@
 namespace maskedmha {
 
 namespace {
+
+// Pause steps (~20-60 us) a worker waits for the calling thread to lead before leading the call
+// itself (RunTeam).
+constexpr unsigned kLeadSpins = 2000;
 
 // Runs Parallel tasks on the session's intra-op pool (KernelContext_ParallelFor, ORT API >= 17).
 // num_batch 0: ORT hands the tasks out one at a time to whichever thread is free.
@@ -36,14 +46,20 @@ class OrtParallel final : public Parallel {
 
 }  // namespace
 
-// Runs body(par) on the calling thread, its parallel phases shared with the pool's workers
-// through a TeamParallel inside a single KernelContext_ParallelFor (why: team.h).  Each of the
-// section's tasks checks its thread: the first one that runs on the calling thread leads (runs
-// body), tasks on other threads wait for the leader to be running, then help until it is done.
-// A worker never waits for the leader for long: if the calling thread ran none of the tasks
-// (the pool can hand all of them to workers), the workers leave after 1 ms and the body runs
-// afterwards with a section per phase (OrtParallel).  The calling thread leads, not whichever
-// thread comes first, because the per-call buffers are kept per calling thread (forward.cc).
+// Runs body(par), its parallel phases shared with the pool's workers through a TeamParallel
+// inside a single KernelContext_ParallelFor (why: team.h).  One of the section's tasks leads
+// (runs body), the others help until it is done.  The calling thread leads when it gets to a
+// task first, as it does on a quiet machine; a worker that has waited kLeadSpins for it leads
+// itself, and the calling thread helps when it arrives.  Before, only the calling thread could
+// lead and workers waited up to 1 ms for it, then left: on a busy machine the calling thread
+// is often descheduled right after waking the pool, and the call stalled for that time slice.
+// Measured (AMD EPYC Zen 5, 2 cores, 2 threads, another process spinning on core 0 and other
+// jobs running, one interleaved run, 150 calls): 1x32 E512/8 median 6.11 ms -> 0.47 ms (ORT
+// com.microsoft.Attention 0.61); 1x128 E768/12 causal 16.0 -> 8.4 ms (ORT 4.0).
+// The leader's calling-thread buffers (workspace.h) are then the worker's: a worker that leads
+// keeps its own copy of them, so per-call scratch can exist once per pool thread that ever
+// led (only on a busy machine).  If no task led at all (not seen: a worker always leads after
+// its wait), the body runs afterwards with a section per phase (OrtParallel).
 void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Parallel&)>& body) {
   struct Region {
     TeamParallel team;
@@ -61,7 +77,18 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
   ctx.ParallelFor(
       [](void* user, size_t) {
         Region& r = *static_cast<Region*>(user);
-        if (std::this_thread::get_id() == r.caller && !r.led.exchange(true)) {
+        bool lead = std::this_thread::get_id() == r.caller;
+        if (!lead) {
+          // A worker gives the calling thread a head start, then leads itself.
+          for (unsigned spins = 0; !r.led.load(std::memory_order_acquire) && spins < kLeadSpins;
+               ++spins) {
+#if defined(__x86_64__) || defined(__i386__)
+            _mm_pause();
+#endif
+          }
+          lead = !r.led.load(std::memory_order_acquire);
+        }
+        if (lead && !r.led.exchange(true)) {
           try {
             (*r.body)(r.team);
           } catch (...) {
@@ -70,11 +97,6 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
           }
           r.team.Finish();
           return;
-        }
-        const auto start = std::chrono::steady_clock::now();
-        while (!r.led.load(std::memory_order_acquire)) {
-          if (std::chrono::steady_clock::now() - start > std::chrono::milliseconds(1)) return;
-          std::this_thread::yield();
         }
         r.team.Help();
       },
