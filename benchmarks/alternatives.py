@@ -9,7 +9,12 @@ import torch
 import graphs
 from grid import Point
 
-ALTERNATIVES = ["fused", "decomposed", "ort_attention", "ort_mha", "onnx_attention", "torch"]
+ALTERNATIVES = ["fused", "decomposed", "ort_attention", "ort_mha", "onnx_attention", "openvino",
+                "torch_compile", "torch"]
+# Not ONNX graphs: PyTorch eager, and two compilers that start from the PyTorch module.
+TORCH_BASED = ("torch", "torch_compile", "openvino")
+# memory.py's child process knows the ONNX graphs and eager torch only.
+NO_MEMORY_CHILD = ("torch_compile", "openvino")
 REL_TOL = 1e-4      # max |alt - reference| / max |reference|
 
 
@@ -90,6 +95,75 @@ class TorchRunner:
             return self.module(q, k, v, **kw)[0].numpy()
 
 
+class _MHACall(torch.nn.Module):
+    """nn.MultiheadAttention called as the graphs are: positional tensors in the order
+    input_names() gives (query, memory, key_padding_mask, attn_mask, as the point has them), the
+    causal mask built inside, need_weights=False.  What OpenVINO converts and torch.compile
+    compiles."""
+
+    def __init__(self, p: Point, module: torch.nn.MultiheadAttention):
+        super().__init__()
+        self.mha, self.names = module, input_names(p)
+        causal = torch.from_numpy(graphs.causal_mask(p.L, p.S)) if p.mask == "causal" else None
+        self.register_buffer("causal", causal, persistent=False)
+
+    def forward(self, *tensors):
+        t = dict(zip(self.names, tensors))
+        kv = t.get("memory", t["query"])
+        kw = {"need_weights": False, "key_padding_mask": t.get("key_padding_mask")}
+        if "attn_mask" in t:
+            kw["attn_mask"] = t["attn_mask"]
+        elif self.causal is not None:
+            kw["attn_mask"], kw["is_causal"] = self.causal, True
+        return self.mha(t["query"], kv, kv, **kw)[0]
+
+
+def input_names(p: Point) -> list[str]:
+    names = ["query"] + (["memory"] if p.cross else [])
+    names += ["key_padding_mask"] if p.pad > 0 else []
+    return names + (["attn_mask"] if p.mask == "random" else [])
+
+
+class TorchCompileRunner:
+    """torch.compile (inductor, CPU) of nn.MultiheadAttention, static shapes; compiled and run
+    twice here, so compilation is not part of the timed calls."""
+
+    def __init__(self, p: Point, w: graphs.Weights, feeds: dict):
+        import torch._dynamo
+        torch._dynamo.reset()  # each point compiles afresh: no recompile-limit fall back to eager
+        self.fn = torch.compile(_MHACall(p, torch_module(p, w)), dynamic=False)
+        self.args = [torch.from_numpy(feeds[n]) for n in input_names(p)]
+        self()
+        self()
+
+    def __call__(self) -> np.ndarray:
+        with torch.no_grad():
+            return self.fn(*self.args).numpy()
+
+
+class OpenVinoRunner:
+    """OpenVINO: openvino.convert_model of the PyTorch module, compiled for CPU with f32
+    inference precision (its default on CPUs with bf16 or f16 support is lower precision),
+    latency mode, the benchmark's thread count."""
+
+    def __init__(self, p: Point, w: graphs.Weights, feeds: dict, threads: int):
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hint
+        names = input_names(p)
+        example = tuple(torch.from_numpy(feeds[n]) for n in names)
+        with torch.no_grad():
+            model = ov.convert_model(_MHACall(p, torch_module(p, w)), example_input=example)
+        config = {hint.inference_precision: ov.Type.f32, props.inference_num_threads: threads,
+                  hint.performance_mode: hint.PerformanceMode.LATENCY}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [feeds[n] for n in names]
+
+    def __call__(self) -> np.ndarray:
+        return self.request.infer(self.inputs)[0].copy()
+
+
 def reference(p: Point, w: graphs.Weights, feeds: dict) -> np.ndarray:
     """nn.MultiheadAttention evaluated in float64, one batch item at a time (bounded memory)."""
     m = torch_module(p, w, torch.float64)
@@ -125,6 +199,10 @@ def make_runner(name: str, p: Point, w: graphs.Weights, feeds: dict, threads: in
                 model=None):
     if name == "torch":
         return TorchRunner(p, w, feeds)
+    if name == "torch_compile":
+        return TorchCompileRunner(p, w, feeds)
+    if name == "openvino":
+        return OpenVinoRunner(p, w, feeds, threads)
     model = model if model is not None else model_for(name, p, w)
     lib = library_path() if name == "fused" else None
     return OrtRunner(model.SerializeToString(), feeds, threads, spin, lib)

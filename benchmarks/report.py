@@ -8,7 +8,8 @@ import os
 from alternatives import ALTERNATIVES
 
 SHORT = {"fused": "fused", "decomposed": "decomp", "ort_attention": "ort_attn", "ort_mha": "ort_mha",
-         "onnx_attention": "onnx_attn", "torch": "torch"}
+         "onnx_attention": "onnx_attn", "openvino": "openvino", "torch_compile": "t.compile",
+         "torch": "torch"}
 
 
 def cell(r: dict | None, key: str = "median_ms", fmt: str = "{:.2f}") -> str:
@@ -52,7 +53,8 @@ def write_json(path: str, meta: dict, results: list) -> None:
 def markdown(meta: dict, results: list) -> str:
     alts = [a for a in ALTERNATIVES if a in meta["alternatives"]]
     peak = meta["sgemm_peak_gflops"]
-    out = [f"Run {meta['date']} · commit {meta['commit']} (kernel library built {meta.get('library_mtime')}) · {meta['threads']} threads · grid "
+    out = [f"Run {meta['date']} · CPU {meta.get('cpu', '?')}, fused kernel ISA {meta.get('kernel_isa', '?')} · "
+           f"commit {meta['commit']} (kernel library built {meta.get('library_mtime')}) · {meta['threads']} threads · grid "
            f"`{meta['grid']}` · onnxruntime {meta['onnxruntime']} · torch {meta['torch']} · "
            f"ORT spinning {'on' if meta.get('spin') else 'off'} · {meta.get('budget_s')} s of timed runs per point · "
            f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best over the run: 5 before, 3 before each point, 5 after; same threads)"

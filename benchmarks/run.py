@@ -74,7 +74,7 @@ def prepare(p: Point, alts, w, feeds, threads, spin):
     runners, res, models = {}, {}, {}
     for name in alts:
         try:
-            if name != "torch":
+            if name not in A.TORCH_BASED:
                 models[name] = A.model_for(name, p, w)
             runner = A.make_runner(name, p, w, feeds, threads, spin, models.get(name))
             ok, abs_diff, rel = A.check(runner(), ref)
@@ -100,6 +100,9 @@ def measure_memory(p, w, feeds, models, res, threads, library):
         memory.write_point_dir(d, p, w, feeds, models)
         for name, r in res.items():
             if r["status"] != "ok":
+                continue
+            if name in A.NO_MEMORY_CHILD:
+                r["peak_mb_error"] = "not measured (no memory child for this alternative)"
                 continue
             m = memory.measure(d, name, threads, library=library if name == "fused" else None)
             if "error" in m:
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
         "spin": args.spin, "budget_s": args.budget, "library": library,
         "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-        "sgemm_peak_gflops": peak, "rel_tol": A.REL_TOL, "isa": args.isa,
+        "sgemm_peak_gflops": peak, "rel_tol": A.REL_TOL, "isa": args.isa, "kernel_isa": _kernel_isa(),
         "ops_commit": subprocess.run(["git", "log", "-1", "--format=%h", "--", "ops"], cwd=HERE,
                                      capture_output=True, text=True).stdout.strip() or "?",
         "library_mtime": (datetime.datetime.fromtimestamp(os.path.getmtime(library), datetime.timezone.utc)
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
         for p, r in zip(points_done, results):
             w = graphs.make_weights(p.E, seed=args.seed)
             feeds = graphs.make_inputs(p, seed=args.seed + 1)
-            models = {a: A.model_for(a, p, w) for a, x in r["alts"].items() if x["status"] == "ok" and a != "torch"}
+            models = {a: A.model_for(a, p, w) for a, x in r["alts"].items() if x["status"] == "ok" and a not in A.TORCH_BASED}
             measure_memory(p, w, feeds, models, r["alts"], args.threads, library)
     # The peak is the best of the measurements before, during and after the grid (shared machine).
     meta["sgemm_peak_gflops_start"] = peak
@@ -217,6 +220,17 @@ def main(argv=None) -> int:
     report.write_all(args.out, meta, results)
     print(f"\nwrote {args.out}/latest.json, latest.md, latest.png")
     return 0
+
+
+def _kernel_isa() -> str:
+    """The instruction set the fused kernel runs with here (maskedmha doctor's rule: the CPU's
+    best, lowered by MASKEDMHA_ISA)."""
+    try:
+        from maskedmha.doctor import kernel_isa
+        isa, why = kernel_isa()
+        return f"{isa} ({why})"
+    except Exception as exc:  # noqa: BLE001 - informational only
+        return f"? ({_short(exc)})"
 
 
 def _cpu_model() -> str:
