@@ -61,6 +61,29 @@ def _unalias(model, args, kwargs):
     return pytree.tree_unflatten(out, spec)
 
 
+def _signature_order(model, kwargs, names, tensors):
+    """The TorchScript exporter makes the keyword inputs' graph inputs in the order of the
+    forward's parameters, whatever the dict's order (the dynamo exporter keeps the dict's);
+    ``names`` follow the order the caller gave.  Returns kwargs, names and tensors reordered
+    together, so each name stays on its tensor."""
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return kwargs, names, tensors
+    rank = {name: i for i, name in enumerate(params)}
+
+    def key(label):  # positional inputs first, as given; then keywords by parameter
+        return (0, label, 0) if isinstance(label, int) else (1, 0, rank.get(label, len(rank)))
+
+    order = sorted(range(len(tensors)), key=lambda i: key(tensors[i][0]))
+    if order == sorted(order):
+        return kwargs, names, tensors
+    if len(names) < len(tensors):  # an unnamed tail gets names, so the list can be permuted
+        names = list(names) + [f"input_{i}" for i in range(len(names), len(tensors))]
+    kwargs = dict(sorted(kwargs.items(), key=lambda kv: key(kv[0])))
+    return kwargs, [names[i] for i in order], [tensors[i] for i in order]
+
+
 def _flat_inputs(args, kwargs):
     """(position label, value) of every top-level argument, positional then keyword."""
     items = [(i, a) for i, a in enumerate(args)]
@@ -273,6 +296,8 @@ def export(model: torch.nn.Module, args, f=None, *, kwargs=None, input_names=Non
     kwargs = dict(kwargs or {})
     args, kwargs = _unalias(model, args, kwargs)
     names, tensors = _resolve_input_names(model, args, kwargs, input_names)
+    if exporter == "torchscript":
+        kwargs, names, tensors = _signature_order(model, kwargs, names, tensors)
     output_names = list(output_names) if output_names is not None else None
     if dynamic_axes:
         known = set(names) | set(output_names or [])
