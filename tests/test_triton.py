@@ -86,6 +86,8 @@ def _write(capsys, argv) -> str:
 def session_from_config(entry, cfg, profile_dir) -> ort.InferenceSession:
     """The session Triton's ONNX Runtime backend creates for one instance of ``cfg``."""
     opts = ort.SessionOptions()
+    # All graph optimizations: the backend's default (its README, "level").
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     for lib in cfg.model_operations.op_library_filename:
         opts.register_custom_ops_library(lib)
     if "intra_op_thread_count" in cfg.parameters:
@@ -432,6 +434,28 @@ def test_library_path_in_the_server(capsys, tmp_path):
                     "--library-path lib/x.so", "absolute path")
     _one_line_error(capsys, ["triton", str(path), c, "--server-repository", "models"],
                     "--server-repository models", "absolute path")
+
+
+def test_relative_library_paths_do_not_resolve_against_the_model_folder(capsys, tmp_path):
+    """Why op_library_filename is absolute: ORT's RegisterCustomOpsLibrary (which the backend
+    calls with the field as written) dlopens the string, so a relative path resolves against the
+    process's working directory and a bare name is searched on the library path only.  A fresh
+    process each: a library dlopen has loaded once is found again by its name."""
+    path = tmp_path / "fused.onnx"
+    onnx.save(fused_model(with_fallback=True), path)
+    _write(capsys, [str(path), str(tmp_path / "repo")])
+    code = ("import sys, onnxruntime as ort\n"
+            "ort.SessionOptions().register_custom_ops_library(sys.argv[1])")
+
+    def loads(name, cwd):
+        return subprocess.run([sys.executable, "-c", code, name], cwd=cwd, capture_output=True,
+                              timeout=120).returncode == 0
+
+    entry = tmp_path / "repo" / "fused"
+    assert loads(f"./{LIBRARY}", entry)                       # relative to the working directory
+    assert not loads(f"fused/{LIBRARY}", entry)               # ... not to the model's folder
+    assert not loads(LIBRARY, entry)                          # a bare name: the library path only
+    assert loads(str(entry / LIBRARY), tmp_path)              # what the configuration holds
 
 
 @pytest.mark.parametrize("argv,needles", [
