@@ -94,7 +94,7 @@ def _annotate_outputs(model: onnx.ModelProto, nodes_cfgs, inferred: onnx.ModelPr
     rename = {}
     for node, cfg in nodes_cfgs:
         q, k = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if not q or len(q) != 3:
+        if not q or len(q) != (2 if cfg.varlen else 3):   # varlen: (T, E) rows in and out
             continue
         extra = int(cfg.bias_kv) + int(cfg.add_zero_attn)
         s = k[1] if k and len(k) == 3 else None
@@ -171,15 +171,30 @@ def node_config(node: onnx.NodeProto, table: dict) -> Config:
                              f"{rank}; expected 2 or 3")
         am = f"{rank}{kind}"
     weights = None
-    if len(node.output) > 1 and node.output[1]:
+    need_weights = len(node.output) > 1 and bool(node.output[1])
+    if need_weights:
         weights = "avg" if int(attrs.get("average_attn_weights", 1)) else "all"
     if bool(ins[4]) != bool(ins[5]) or bool(ins[9]) != bool(ins[10]):
         raise ValueError(f"maskedmha: node {node.name!r}: inputs 4/5 and 9/10 come in pairs")
+    varlen = bool(ins[13])
+    skip = bool(int(attrs.get("skip_padded_queries", 0)))
+    # What the kernel refuses, refused here too (no fallback body is right for it).
+    if varlen:
+        for what, present in (("input 11 'key_padding_mask'", ins[11]),
+                              ("input 12 'attn_mask'", ins[12]),
+                              ("output 1 'attn_weights'", need_weights),
+                              ("skip_padded_queries=1", skip)):
+            if present:
+                raise ValueError(f"maskedmha: node {node.name!r}: {what} is not supported with "
+                                 "sequence_offsets (variable-length mode)")
+    elif skip and kpm != "b":
+        raise ValueError(f"maskedmha: node {node.name!r}: skip_padded_queries=1 needs a bool "
+                         "key_padding_mask (input 11)")
     return Config(num_heads=int(attrs["num_heads"]), packed=not ins[4], in_bias=bool(ins[6]),
                   out_bias=bool(ins[8]), bias_kv=bool(ins[9]), kpm=kpm, am=am,
                   is_causal=bool(int(attrs.get("is_causal", 0))),
                   add_zero_attn=bool(int(attrs.get("add_zero_attn", 0))), nan=fmr == "nan",
-                  weights=weights)
+                  weights=weights, varlen=varlen, skip=skip)
 
 
 def _graphs(graph: onnx.GraphProto):

@@ -50,9 +50,11 @@ GUARD_OP = ("MaskedMHA_fallback_of_this_file_needs_ONNX_function_overloads__"
 
 
 def _weight_parts(spec) -> list[str]:
-    """The start of a Signature's or Config's id: which weight and bias inputs are present."""
+    """The start of a Signature's or Config's id: which weight and bias inputs are present (and
+    the variable-length mode, which changes every input's rank)."""
     return ["packed" if spec.packed else "sep",
-            *_present(spec.in_bias and "ib", spec.out_bias and "ob", spec.bias_kv and "bkv")]
+            *_present(spec.in_bias and "ib", spec.out_bias and "ob", spec.bias_kv and "bkv",
+                      spec.varlen and "varlen")]
 
 
 def _present(*parts) -> list[str]:
@@ -72,6 +74,7 @@ class Signature:
     kpm: str | None = None       # None, "b" (bool) or "f" (float)
     am: str | None = None        # None, "b" or "f" (rank 2 or 3 is read at run time)
     weights: bool = False        # second output (need_weights)
+    varlen: bool = False         # input 13 sequence_offsets (then no masks, no weights)
 
     @property
     def id(self) -> str:
@@ -93,19 +96,30 @@ class Config:
     add_zero_attn: bool = False
     nan: bool = False            # fully_masked_row == "nan"
     weights: str | None = None   # None (one output), "avg" or "all"
+    varlen: bool = False         # input 13 sequence_offsets
+    skip: bool = False           # skip_padded_queries = 1 (needs kpm == "b", not varlen)
+
+    def __post_init__(self):
+        # The combinations the op refuses (docs/MaskedMHA.md): no body is built for them.
+        if self.varlen and (self.kpm or self.am or self.weights):
+            raise ValueError("maskedmha: key_padding_mask, attn_mask and the attn_weights output "
+                             "are not supported with sequence_offsets (variable-length mode)")
+        if self.skip and (self.varlen or self.kpm != "b"):
+            raise ValueError("maskedmha: skip_padded_queries=1 needs a bool key_padding_mask "
+                             "and is not supported with sequence_offsets (variable-length mode)")
 
     @property
     def signature(self) -> Signature:
         return Signature(packed=self.packed, in_bias=self.in_bias, out_bias=self.out_bias,
                          bias_kv=self.bias_kv, kpm=self.kpm, am=self.am[1] if self.am else None,
-                         weights=self.weights is not None)
+                         weights=self.weights is not None, varlen=self.varlen)
 
     @property
     def id(self) -> str:
         return ".".join([f"h{self.num_heads}", *_weight_parts(self)] + _present(
             self.add_zero_attn and "za", self.kpm and f"kpm_{self.kpm}",
             self.am and f"am{self.am[0]}_{self.am[1]}", self.is_causal and "causal",
-            self.nan and "nan", self.weights and f"w_{self.weights}"))
+            self.nan and "nan", self.weights and f"w_{self.weights}", self.skip and "skip"))
 
 
 class _Builder:
@@ -118,9 +132,10 @@ class _Builder:
         self._n += 1
         return f"_{hint}_{self._n}"
 
-    def op(self, op_type, inputs, hint=None, n_out=1, **attrs):
+    def op(self, op_type, inputs, hint=None, n_out=1, node_name=None, **attrs):
         outs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name,
+                                           **attrs))
         return outs[0] if n_out == 1 else outs
 
     def const(self, value, dtype=np.int64, hint="c"):
@@ -164,10 +179,33 @@ class _Builder:
             return self.op(op_type, [x, self.ints(*axes)], keepdims=keepdims)
         return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
 
+    def reduce_sum(self, x, axes, keepdims):
+        """ReduceSum takes ``axes`` as an input from opset 13 (the other reductions from 18)."""
+        return self.op("ReduceSum", [x, self.ints(*axes)], keepdims=keepdims)
+
     def split3(self, x):
         if self.opset >= 18:
             return self.op("Split", [x], "split", n_out=3, axis=0, num_outputs=3)
         return self.op("Split", [x], "split", n_out=3, axis=0)
+
+    def refuse_if(self, bad, through, reason):
+        """``through`` (a 1-D tensor) unchanged, or a run-time error when the bool scalar ``bad``
+        is true: a Reshape to one element more than it has, which ONNX Runtime reports with this
+        node's name, ``reason`` (it names the input or attribute at fault).  Everything
+        downstream reads the result, so nothing is computed from unchecked values; when ``bad``
+        is a constant once the node's attributes are substituted, ORT refuses at session
+        creation (measured: tests/test_fallback_varlen.py)."""
+        n = self.op("Shape", [through], "n")
+        shape = self.op("Where", [bad, self.op("Add", [n, self.ints(1)]), n], "check")
+        return self.op("Reshape", [through, shape], "checked", node_name=reason)
+
+
+# The names of the check nodes (fallback.refuse_if): ONNX Runtime's error names the node, so the
+# name is the message.  Kept in one place for the tests.
+REFUSE_SKIP = ("MaskedMHA_skip_padded_queries_1_needs_a_bool_key_padding_mask_and_L_equal_S_and_"
+               "is_not_supported_with_sequence_offsets")
+REFUSE_OFFSETS = ("MaskedMHA_sequence_offsets_must_be_B_plus_1_values_from_0_non_decreasing_to_T_"
+                  "the_number_of_query_key_value_rows")
 
 
 def _canon(b: _Builder, mask: str, kind: str) -> str:
@@ -177,6 +215,49 @@ def _canon(b: _Builder, mask: str, kind: str) -> str:
     ninf = b.const(-np.inf, np.float32, "ninf")
     zero = b.const(0.0, np.float32, "zero")
     return b.op("Where", [mask, ninf, zero], "canon")
+
+
+def _packed_rows(b: _Builder, query: str, offsets: str):
+    """The variable-length layout: sequence b is rows offsets[b]..offsets[b+1]-1 of the (T, .)
+    inputs.  Returns (index, kpm, B_Lmax): ``index`` (T, 2) int64, row t's (b, i) with
+    i = t - offsets[b] its position in its sequence; ``kpm`` (B, Lmax) float, -inf at the
+    positions i >= len_b that the padded layout adds; ``B_Lmax`` [B, Lmax].  The offsets are
+    checked first (refuse_if): wrong ones would scatter rows to wrong places."""
+    zero_1d, one_1d, big = b.ints(0), b.ints(1), b.ints(np.iinfo(np.int64).max)
+    zero_i, one_i = b.const(0), b.const(1)
+    n_rows = b.dim(query, 0)                                         # [T]
+    # [0] ++ offsets ++ [T] non-decreasing with its first and last steps 0  <=>  offsets[0] == 0,
+    # non-decreasing, offsets[B] == T; and offsets has at least one value (B >= 0).
+    ext = b.op("Concat", [zero_1d, offsets, n_rows], axis=0)
+    steps = b.op("Sub", [b.op("Slice", [ext, one_1d, big]),
+                         b.op("Slice", [ext, zero_1d, b.ints(-1)])], "steps")
+    ends = b.op("Concat", [b.op("Slice", [steps, zero_1d, one_1d]),
+                           b.op("Slice", [steps, b.ints(-1), big])], axis=0)
+    bad = b.op("Or", [b.op("Less", [b.reduce("ReduceMin", steps, [0], 0), zero_i]),
+                      b.op("Not", [b.op("Equal", [b.reduce("ReduceMax", b.op("Abs", [ends]),
+                                                           [0], 0), zero_i])])])
+    bad = b.op("Or", [bad, b.op("Less", [b.op("Size", [offsets]), one_i])], "bad_offsets")
+    offsets = b.refuse_if(bad, offsets, REFUSE_OFFSETS)
+    n_seq = b.op("Sub", [b.op("Shape", [offsets]), one_1d], "B")    # [B]
+    starts = b.op("Slice", [offsets, zero_1d, b.ints(-1)])           # (B,)
+    lengths = b.op("Sub", [b.op("Slice", [offsets, one_1d, big]), starts], "len")
+    l_max = b.reduce("ReduceMax", b.op("Concat", [lengths, zero_1d], axis=0), [0], 0)  # scalar
+    # row t's sequence: how many sequences end at or before t
+    t = b.op("Range", [zero_i, b.op("Squeeze", [n_rows]), one_i], "t")            # (T,)
+    ended = b.op("GreaterOrEqual", [b.op("Unsqueeze", [t, one_1d]),
+                                    b.op("Unsqueeze", [b.op("Slice", [offsets, one_1d, big]),
+                                                       zero_1d])])              # (T, B)
+    seq = b.reduce_sum(b.op("Cast", [ended], to=TensorProto.INT64), [1], 0)   # (T,)
+    pos = b.op("Sub", [t, b.op("Gather", [offsets, seq], axis=0)], "pos")        # (T,)
+    index = b.op("Concat", [b.op("Unsqueeze", [seq, one_1d]),
+                            b.op("Unsqueeze", [pos, one_1d])], "index", axis=1)  # (T, 2)
+    padding = b.op("GreaterOrEqual", [
+        b.op("Unsqueeze", [b.op("Range", [zero_i, l_max, one_i]), zero_1d]),
+        b.op("Unsqueeze", [lengths, one_1d])], "padding")                     # (B, Lmax)
+    kpm = b.op("Where", [padding, b.const(-np.inf, np.float32, "ninf"),
+                         b.const(0.0, np.float32, "zero")], "kpm")
+    b_lmax = b.op("Concat", [n_seq, b.op("Unsqueeze", [l_max, zero_1d])], axis=0)
+    return index, kpm, b_lmax
 
 
 def build_function(spec: Config | Signature, opset: int,
@@ -201,7 +282,25 @@ def build_function(spec: Config | Signature, opset: int,
         heads_1d = b.op("Unsqueeze", [b.attr("num_heads", "value_int", AttributeProto.INT),
                                       b.ints(0)], "H")
 
-    # --- input projections -------------------------------------------------------------
+    # --- what the op refuses at run time (everything reads heads_1d: checked first) --------
+    # skip_padded_queries = 1 needs a bool key_padding_mask and L == S, and no sequence_offsets.
+    # A shared body reads it at run time; a specialised one (Config) was refused on building
+    # unless valid, and checks L == S only.
+    skip = None
+    if static and spec.skip:
+        skip = b.const(True, np.bool_, "skip")
+    elif not static and sig.kpm == "b":
+        skip = b.attr_flag("skip_padded_queries")
+    if skip is not None:
+        l_ne_s = b.op("Squeeze", [b.op("Not", [b.op("Equal", [b.dim(query, 1),
+                                                             b.dim(key, 1)])])])
+        heads_1d = b.refuse_if(b.op("And", [skip, l_ne_s]), heads_1d, REFUSE_SKIP)
+    elif not static:
+        heads_1d = b.refuse_if(b.attr_flag("skip_padded_queries"), heads_1d, REFUSE_SKIP)
+    if sig.varlen:
+        index, pad_kpm, b_lmax = _packed_rows(b, query, offsets)
+
+    # --- input projections (on B*L rows, or on the T packed rows) ----------------------------
     if sig.packed:
         wq, wk, wv = b.split3(w_in)
     else:
@@ -214,7 +313,17 @@ def build_function(spec: Config | Signature, opset: int,
         if bias is not None:
             y = b.op("Add", [y, bias], hint)
         projected.append(y)
-    q, k, v = projected                                           # (B, L|S, E)
+    q, k, v = projected                                           # (B, L|S, E) or (T, E)
+    e_dim = b.dim(w_out, 0)
+    if sig.varlen:
+        # each sequence its own batch item, padded to the longest: (B, Lmax, E), zero rows at
+        # i >= len_b, which pad_kpm hides as keys and which are never gathered back as queries
+        # (is_causal, bias_k/v and add_zero_attn then apply per sequence, as the op says: the
+        # extra keys follow the Lmax padded ones, so a causal mask hides them as it does for
+        # the sequence alone)
+        zeros = b.op("ConstantOfShape", [b.op("Concat", [b_lmax, e_dim], axis=0)], "zeros")
+        q, k, v = (b.op("ScatterND", [zeros, index, x], hint) for x, hint in
+                   ((q, "q"), (k, "k"), (v, "v")))
 
     if sig.bias_kv:
         shape_b1e = b.op("Concat", [b.dim(k, 0), b.ints(1), b.dim(k, 2)], axis=0)
@@ -227,7 +336,6 @@ def build_function(spec: Config | Signature, opset: int,
 
     # --- heads: q (B,H,L,D), kT (B,H,D,S'), v (B,H,S',D) --------------------------------
     # explicit sizes, not -1: Reshape cannot infer -1 when B, L or S is 0
-    e_dim = b.dim(w_out, 0)
     heads = b.op("Concat", [b.ints(0, 0), heads_1d, b.op("Div", [e_dim, heads_1d])], axis=0)
     q4 = b.transpose(b.op("Reshape", [q, heads]), (0, 2, 1, 3))
     kT = b.transpose(b.op("Reshape", [k, heads]), (0, 2, 3, 1))
@@ -275,8 +383,8 @@ def build_function(spec: Config | Signature, opset: int,
                                          axis=0)], allowzero=1)
             rank = 4
         mask = m
-    if sig.kpm:
-        m = _canon(b, kpm, sig.kpm)
+    if sig.kpm or sig.varlen:
+        m = pad_kpm if sig.varlen else _canon(b, kpm, sig.kpm)
         m = b.op("Unsqueeze", [m, b.ints(1, 2)], "kpm4")       # (B,1,1,S)
         mask = m if mask is None else b.op("Add", [mask, m], "mask")
         rank = 4
@@ -307,33 +415,65 @@ def build_function(spec: Config | Signature, opset: int,
 
     # --- softmax, fully masked rows ----------------------------------------------------------
     p = b.op("Softmax", [scores], "p", axis=-1)
-    row_max = b.reduce("ReduceMax", scores, [-1], 1)
-    dead = b.op("Equal", [row_max, b.const(-np.inf, np.float32, "ninf")], "dead")
-    if static:
-        fill = b.const(np.nan if spec.nan else 0.0, np.float32, "fill")
-    else:
-        # fully_masked_row == "nan"  <=>  Unique([value, "nan"]) has one element
-        value_1d = b.op("Unsqueeze", [b.attr("fully_masked_row", "value_string",
-                                             AttributeProto.STRING), b.ints(0)])
-        both = b.op("Concat", [value_1d, b.const(["nan"], object, "nan_s")], axis=0)
-        n_unique = b.op("Shape", [b.op("Unique", [both], "unique")])
-        is_nan = b.op("Squeeze", [b.op("Equal", [n_unique, b.ints(1)]), b.ints(0)], "is_nan")
-        fill = b.op("Where", [is_nan, b.const(np.nan, np.float32, "nan"),
-                              b.const(0.0, np.float32, "zero")], "fill")
-    p = b.op("Where", [dead, fill, p], "p")
+    if not sig.varlen:
+        # (variable-length mode: a real row always sees its own sequence's first key, so only
+        # padded rows, which are dropped below, can be fully masked)
+        row_max = b.reduce("ReduceMax", scores, [-1], 1)
+        dead = b.op("Equal", [row_max, b.const(-np.inf, np.float32, "ninf")], "dead")
+        if static:
+            fill = b.const(np.nan if spec.nan else 0.0, np.float32, "fill")
+        else:
+            # fully_masked_row == "nan"  <=>  Unique([value, "nan"]) has one element
+            value_1d = b.op("Unsqueeze", [b.attr("fully_masked_row", "value_string",
+                                                 AttributeProto.STRING), b.ints(0)])
+            both = b.op("Concat", [value_1d, b.const(["nan"], object, "nan_s")], axis=0)
+            n_unique = b.op("Shape", [b.op("Unique", [both], "unique")])
+            is_nan = b.op("Squeeze", [b.op("Equal", [n_unique, b.ints(1)]), b.ints(0)],
+                          "is_nan")
+            fill = b.op("Where", [is_nan, b.const(np.nan, np.float32, "nan"),
+                                  b.const(0.0, np.float32, "zero")], "fill")
+        p = b.op("Where", [dead, fill, p], "p")
 
     # --- output ------------------------------------------------------------------------------
     o = b.op("MatMul", [p, v4], "o")                                  # (B,H,L,D)
-    shape_ble = b.op("Concat", [b.ints(0, 0), e_dim], axis=0)
-    o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), shape_ble], "o")  # (B,L,E)
-    out = b.op("MatMul", [o, b.transpose(w_out, (1, 0))], "out")
-    outputs = ["output"]
-    if sig.out_bias:
-        b.nodes.append(helper.make_node("Add", [out, b_out], ["output"]))
+    if sig.varlen:
+        # every size explicit: with Lmax = 0, ORT's optimizer turned [0, 0, E] into [B, 0, -1]
+        # and failed (measured, ORT 1.32 with all sequences empty)
+        o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)),
+                             b.op("Concat", [b_lmax, e_dim], axis=0)], "o", allowzero=1)
     else:
-        b.nodes.append(helper.make_node("Identity", [out], ["output"]))
+        shape_ble = b.op("Concat", [b.ints(0, 0), e_dim], axis=0)
+        o = b.op("Reshape", [b.transpose(o, (0, 2, 1, 3)), shape_ble], "o")  # (B,L,E)
+    if sig.varlen:
+        o = b.op("GatherND", [o, index], "o")                          # (T,E): real rows only
+    out = b.op("MatMul", [o, b.transpose(w_out, (1, 0))], "out")
+    if sig.out_bias:
+        out = b.op("Add", [out, b_out], "out")
+    skipped = None
+    if skip is not None:
+        # skip_padded_queries: the rows key_padding_mask marks (L == S, checked above) are 0,
+        # not out_proj_bias; a shared body reads the attribute (all rows kept when it is 0)
+        rows = kpm
+        if not static:
+            # (B, L): kpm when the attribute is 1 (L == S checked), else L falses; built by a
+            # Concat of kpm[:, :S*skip] and falses (B, L*(1-skip)), since an And of kpm (B, S)
+            # with the flag would not broadcast against the output when L != S.
+            on = b.op("Cast", [b.op("Unsqueeze", [skip, b.ints(0)])], to=TensorProto.INT64)
+            kept = b.op("Slice", [kpm, b.ints(0), b.op("Mul", [b.dim(key, 1), on]), b.ints(1)])
+            n_false = b.op("Mul", [b.dim(query, 1), b.op("Sub", [b.ints(1), on])])
+            falses = b.op("ConstantOfShape", [b.op("Concat", [b.dim(query, 0), n_false],
+                                                   axis=0)],
+                          value=numpy_helper.from_array(np.array([False])))
+            rows = b.op("Concat", [kept, falses], "skip_rows", axis=1)
+        skipped = b.op("Unsqueeze", [rows, b.ints(2)], "skipped")    # (B, L, 1)
+        zero = b.const(0.0, np.float32, "zero")
+        out = b.op("Where", [skipped, zero, out], "out")
+    b.nodes.append(helper.make_node("Identity", [out], ["output"]))
+    outputs = ["output"]
     if sig.weights:
         outputs.append("attn_weights")
+        if skipped is not None:   # their weight rows are 0 too (both layouts come from p)
+            p = b.op("Where", [b.op("Unsqueeze", [skipped, b.ints(1)]), zero, p], "p")
         if static:
             w = b.reduce("ReduceMean", p, [1], 0) if spec.weights == "avg" else p
         else:
