@@ -8,7 +8,9 @@
 // block, keys are walked in blocks of kKB; scores and P·V are register tiles (RB rows x 2
 // vectors) over contiguous key / value columns (vectorised without reassociating sums; no
 // -ffast-math: masks rely on IEEE -inf / NaN behaviour).  Under is_causal the key blocks that
-// lie wholly after the block's last query row are skipped (they would add exactly 0).
+// lie wholly after the block's last query row are skipped (they would add exactly 0).  With
+// q_offset (the variable-length mode, or skipped padded queries) every item has its own number of
+// query rows and only those are computed: the work follows the rows that exist.
 //
 // Softmax:
 //  * without weights: one pass, online softmax (running max m, running sum l, rescaled
