@@ -52,7 +52,7 @@ def test_decompose_and_compare_without_torch(venv, model, tmp_path):
     assert "speed-up of fused over decomposed" in proc.stdout
 
 
-def test_info_doctor_attach_and_optimize_without_torch(venv, model, tmp_path):
+def test_runtime_commands_without_torch(venv, model, tmp_path):
     src = tmp_path / "model.onnx"
     src.write_bytes(model.SerializeToString())
     bare = tmp_path / "bare.onnx"
@@ -62,7 +62,8 @@ def test_info_doctor_attach_and_optimize_without_torch(venv, model, tmp_path):
     bare.write_bytes(m.SerializeToString())
     exe = str(venv / "bin" / "maskedmha")
     for args in (["info", str(src)], ["doctor"], ["attach", str(bare), str(tmp_path / "a.onnx")],
-                 ["optimize", str(src), str(tmp_path / "o.onnx")]):
+                 ["optimize", str(src), str(tmp_path / "o.onnx")],
+                 ["triton", str(src), str(tmp_path / "repo")]):
         proc = subprocess.run([exe, *args], capture_output=True, text=True,
                               env=compiler_free_env(venv))
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
