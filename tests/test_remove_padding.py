@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper
@@ -16,7 +17,7 @@ from torch import nn
 
 import maskedmha
 from maskedmha.symbolic.schema import INPUT_NAMES
-from helpers.exporting import EXPORTERS, count_mha
+from helpers.exporting import EXPORTERS, count_mha, runs
 from helpers.padding import kernel_session, padding_mask
 from helpers.reference import no_fastpath
 
@@ -68,22 +69,30 @@ def _export(module, x, m, exporter, batch_first=True, **kw):
                             exporter=exporter, remove_padding=True, **kw)
 
 
-def _check(got, module, x, m, batch_first, pad_value, nested_path):
-    """``got`` against PyTorch: its slow path at valid positions, ``pad_value`` at padded ones
-    and, where PyTorch takes its nested-tensor path, that path everywhere."""
-    valid = ~m
-    got_b = _batch_major(torch.from_numpy(got), batch_first)
+def _pytorch(module, x, m, nested_path):
+    """PyTorch's answers for one batch: its slow path and, where it takes it, its nested-tensor
+    path (None elsewhere)."""
     with torch.no_grad(), no_fastpath():
-        slow = _batch_major(module(x, src_key_padding_mask=m), batch_first)
-    np.testing.assert_allclose(got_b[valid].numpy(), slow[valid].numpy(), **TOL)
-    np.testing.assert_allclose(got_b[m].numpy(),
-                               pad_value.expand(int(m.sum()), -1).numpy(), **TOL)
+        slow = module(x, src_key_padding_mask=m)
+    fast = None
     if nested_path:
         with torch.no_grad():
             fast = module(x, src_key_padding_mask=m)
+    return slow, fast
+
+
+def _check(got, refs, m, batch_first, pad_value):
+    """``got`` against PyTorch (``_pytorch``): its slow path at valid positions, ``pad_value``
+    at padded ones and, where PyTorch took its nested-tensor path, that path everywhere."""
+    slow, fast = refs
+    got_b = _batch_major(torch.from_numpy(got), batch_first)
+    pads = pad_value.expand(int(m.sum()), -1).numpy()
+    np.testing.assert_allclose(got_b[~m].numpy(), _batch_major(slow, batch_first)[~m].numpy(),
+                               **TOL)
+    np.testing.assert_allclose(got_b[m].numpy(), pads, **TOL)
+    if fast is not None:
         # The reference itself: PyTorch took the nested-tensor path (pad_value at padding).
-        np.testing.assert_allclose(_batch_major(fast, batch_first)[m].numpy(),
-                                   pad_value.expand(int(m.sum()), -1).numpy(), atol=1e-6)
+        np.testing.assert_allclose(_batch_major(fast, batch_first)[m].numpy(), pads, atol=1e-6)
         np.testing.assert_allclose(got, fast.numpy(), **TOL)
 
 
@@ -97,13 +106,22 @@ def test_encoder_matches_pytorch(case, exporter):
     nodes = [n for n in proto.graph.node if n.op_type == "MaskedMHA"]
     assert len(nodes) == layers and all(len(n.input) > OFFSETS and n.input[OFFSETS]
                                         for n in nodes)
-    sess = kernel_session(proto)
     pad_value = enc.norm(torch.zeros(d)).detach() if final_norm else torch.zeros(d)
     nested_path = batch_first and not norm_first  # where PyTorch's encoder takes it
-    for i, (lengths, L) in enumerate(LENGTHS):
-        x, m = _inputs(lengths, L, d, batch_first, seed=10 + i)
-        (got,) = sess.run(None, {"src": x.numpy(), "mask": m.numpy()})
-        _check(got, enc, x, m, batch_first, pad_value, nested_path and 0 not in lengths)
+    batches = [_inputs(lengths, L, d, batch_first, seed=10 + i)
+               for i, (lengths, L) in enumerate(LENGTHS)]
+    refs = [_pytorch(enc, x, m, nested_path and bool((~m).any())) for x, m in batches]
+    # our kernel, the in-file fallback (stock ORT) and decompose()
+    for label, model in runs(proto, maskedmha.decompose(proto)):
+        sess = model if hasattr(model, "run") else ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"])
+        for (x, m), ref in zip(batches, refs):
+            (got,) = sess.run(None, {"src": x.numpy(), "mask": m.numpy()})
+            try:
+                _check(got, ref, m, batch_first, pad_value)
+            except AssertionError as exc:
+                raise AssertionError(f"{label} at lengths {(~m).sum(1).tolist()}: "
+                                     f"{exc}") from None
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -120,7 +138,7 @@ def test_layer_called_alone(exporter):
     for i, (lengths, L) in enumerate(LENGTHS):
         x, m = _inputs(lengths, L, 64, True, seed=20 + i)
         (got,) = sess.run(None, {"src": x.numpy(), "mask": m.numpy()})
-        _check(got, layer, x, m, True, torch.zeros(64), nested_path=False)
+        _check(got, _pytorch(layer, x, m, False), m, True, torch.zeros(64))
 
 
 def test_mask_not_left_aligned():
@@ -135,7 +153,7 @@ def test_mask_not_left_aligned():
     m[2, :] = False
     x = torch.randn(4, 9, 64, generator=g)
     (got,) = sess.run(None, {"src": x.numpy(), "mask": m.numpy()})
-    _check(got, enc, x, m, True, enc.norm(torch.zeros(64)).detach(), nested_path=False)
+    _check(got, _pytorch(enc, x, m, False), m, True, enc.norm(torch.zeros(64)).detach())
 
 
 def _packed_rows_seen(proto, feeds):
