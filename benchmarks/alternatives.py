@@ -129,8 +129,15 @@ class TorchCompileRunner:
     twice here, so compilation is not part of the timed calls."""
 
     def __init__(self, p: Point, w: graphs.Weights, feeds: dict):
+        import os
+
         import torch._dynamo
+        import torch._inductor.config
         torch._dynamo.reset()  # each point compiles afresh: no recompile-limit fall back to eager
+        if os.environ.get("MASKEDMHA_ISA") in ("avx2", "generic"):
+            # run.py --isa: inductor's generated C++ at most 256-bit vectors (ATen and MKL are
+            # capped by the variables run.py sets)
+            torch._inductor.config.cpp.simdlen = 256 if os.environ["MASKEDMHA_ISA"] == "avx2" else 1
         self.fn = torch.compile(_MHACall(p, torch_module(p, w)), dynamic=False)
         self.args = [torch.from_numpy(feeds[n]) for n in input_names(p)]
         self()

@@ -27,7 +27,8 @@ if "--spin" not in sys.argv:
 # --isa times fused and torch only unless --alternatives says otherwise.  Read before torch is
 # imported (both libraries read their variable once).
 ISA_ENV = {
-    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    # ONEDNN_MAX_CPU_ISA: oneDNN's cap, which OpenVINO's CPU plugin is built on.
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
 }
 
