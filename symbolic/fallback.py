@@ -192,9 +192,10 @@ class _Builder:
         """``through`` (a 1-D tensor) unchanged, or a run-time error when the bool scalar ``bad``
         is true: a Reshape to one element more than it has, which ONNX Runtime reports with this
         node's name, ``reason`` (it names the input or attribute at fault).  Everything
-        downstream reads the result, so nothing is computed from unchecked values; when ``bad``
-        is a constant once the node's attributes are substituted, ORT refuses at session
-        creation (measured: tests/test_fallback_varlen.py)."""
+        downstream reads the result, so no output is computed from unchecked values.  When
+        ``bad`` is a constant once the node's attributes are substituted, ORT's constant folding
+        logs a warning naming the node and leaves it, and the run fails (measured, ORT 1.32;
+        tests/test_fallback_varlen.py)."""
         n = self.op("Shape", [through], "n")
         shape = self.op("Where", [bad, self.op("Add", [n, self.ints(1)]), n], "check")
         return self.op("Reshape", [through, shape], "checked", node_name=reason)
