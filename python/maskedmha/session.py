@@ -189,7 +189,9 @@ def InferenceSession(path_or_bytes, sess_options: ort.SessionOptions | None = No
     """``onnxruntime.InferenceSession`` with the MaskedMHA library registered (CPU EP by default),
     and onnxruntime-extensions' when the model imports one of its domains (``extensions=True`` /
     ``False`` decides instead).  The same ``sess_options`` may be passed for any number of
-    sessions."""
+    sessions.  Options on which you registered onnxruntime-extensions yourself need
+    ``extensions=False`` (ORT refuses a library registered twice, and only our own registrations
+    are marked on the options)."""
     if providers is None:
         providers = ["CPUExecutionProvider"]
     opts = session_options(sess_options, model=path_or_bytes, extensions=extensions)
