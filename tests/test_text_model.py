@@ -150,3 +150,8 @@ def test_numpy_unicode_arrays_work_too(sessions, torch_model, tokenizer):
     texts = ["naïve", "a longer sentence here"]
     got = sessions["fused"].run(None, {"text": np.array(texts)})[0]  # dtype <U22, not object
     _assert_close(got, _reference(torch_model, tokenizer, texts))
+
+
+def test_max_positions_beyond_the_table_is_refused(torch_model, tokenizer):
+    with pytest.raises(ValueError, match="exceeds the model's position table"):
+        export_text_model(torch_model, tokenizer, max_positions=MAX_POSITIONS + 1)

@@ -67,11 +67,16 @@ def export_text_model(model: nn.Module, tokenizer: ByteBPE, f=None, *, max_posit
     ModelProto from the merged graph with only its own opset imports, so the exported file's
     model-local functions (MaskedMHA's standard-op fallback) and its com.maskedmha import would be
     lost; it also has no GPT2Tokenizer step.  ``merge_models`` keeps functions and imports."""
+    table = getattr(model, "max_positions", None)
     if max_positions is None:
-        max_positions = getattr(model, "max_positions", None)
-        if max_positions is None:
+        if table is None:
             raise ValueError("export_text_model: give max_positions (the model's position table "
                              "size); the model has no max_positions attribute")
+        max_positions = table
+    if table is not None and max_positions > table:
+        # Longer strings would index past the position table: an ORT Gather error at run time.
+        raise ValueError(f"export_text_model: max_positions={max_positions} exceeds the model's "
+                         f"position table ({table})")
     example_ids, example_pad = (torch.from_numpy(a) for a in tokenizer.batch(
         ["an example sentence to trace", "short"], max_positions))
     body = export(model, (example_ids, example_pad), None,
