@@ -188,15 +188,18 @@ class _Builder:
             return self.op("Split", [x], "split", n_out=3, axis=0, num_outputs=3)
         return self.op("Split", [x], "split", n_out=3, axis=0)
 
-    def refuse_if(self, bad, through, reason):
+    def refuse_if(self, bad, through, reason, anchor):
         """``through`` (a 1-D tensor) unchanged, or a run-time error when the bool scalar ``bad``
         is true: a Reshape to one element more than it has, which ONNX Runtime reports with this
         node's name, ``reason`` (it names the input or attribute at fault).  Everything
-        downstream reads the result, so no output is computed from unchecked values.  When
-        ``bad`` is a constant once the node's attributes are substituted, ORT's constant folding
-        logs a warning naming the node and leaves it, and the run fails (measured, ORT 1.32;
-        tests/test_fallback_varlen.py)."""
-        n = self.op("Shape", [through], "n")
+        downstream reads the result, so no output is computed from unchecked values.  The target
+        shape also reads Size(``anchor``) (times 0), a graph input whose dims are symbolic in
+        our exports: without it a ``bad`` that is constant once the node's attributes are
+        substituted is folded at session creation, and ORT 1.17 then fails there with a bare
+        "cannot be reshaped" that names nothing (ORT 1.32 logs the node's name and fails the
+        run; measured, tests/test_fallback_varlen.py)."""
+        n = self.op("Add", [self.op("Shape", [through]),
+                            self.op("Mul", [self.op("Size", [anchor]), self.const(0)])], "n")
         shape = self.op("Where", [bad, self.op("Add", [n, self.ints(1)]), n], "check")
         return self.op("Reshape", [through, shape], "checked", node_name=reason)
 
@@ -238,7 +241,7 @@ def _packed_rows(b: _Builder, query: str, offsets: str):
                       b.op("Not", [b.op("Equal", [b.reduce("ReduceMax", b.op("Abs", [ends]),
                                                            [0], 0), zero_i])])])
     bad = b.op("Or", [bad, b.op("Less", [b.op("Size", [offsets]), one_i])], "bad_offsets")
-    offsets = b.refuse_if(bad, offsets, REFUSE_OFFSETS)
+    offsets = b.refuse_if(bad, offsets, REFUSE_OFFSETS, query)
     n_seq = b.op("Sub", [b.op("Shape", [offsets]), one_1d], "B")    # [B]
     starts = b.op("Slice", [offsets, zero_1d, b.ints(-1)])           # (B,)
     lengths = b.op("Sub", [b.op("Slice", [offsets, one_1d, big]), starts], "len")
@@ -295,9 +298,10 @@ def build_function(spec: Config | Signature, opset: int,
     if skip is not None:
         l_ne_s = b.op("Squeeze", [b.op("Not", [b.op("Equal", [b.dim(query, 1),
                                                              b.dim(key, 1)])])])
-        heads_1d = b.refuse_if(b.op("And", [skip, l_ne_s]), heads_1d, REFUSE_SKIP)
+        heads_1d = b.refuse_if(b.op("And", [skip, l_ne_s]), heads_1d, REFUSE_SKIP, query)
     elif not static:
-        heads_1d = b.refuse_if(b.attr_flag("skip_padded_queries"), heads_1d, REFUSE_SKIP)
+        heads_1d = b.refuse_if(b.attr_flag("skip_padded_queries"), heads_1d, REFUSE_SKIP,
+                               query)
     if sig.varlen:
         index, pad_kpm, b_lmax = _packed_rows(b, query, offsets)
 
