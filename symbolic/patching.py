@@ -17,6 +17,11 @@ standard ops, as PyTorch computes it) with a warning that says so.
 Code that imported the function by name before export (``from torch.nn.functional import
 multi_head_attention_forward``) keeps its own reference and is not fused.
 
+Two options of ``maskedmha.export`` act here: ``skip_padded_queries`` sets the op's attribute on
+self-attention calls (query, key and value one tensor) with a bool key_padding_mask;
+``remove_padding`` also replaces ``nn.TransformerEncoder.forward`` and
+``nn.TransformerEncoderLayer.forward`` with the padding-free ones of ``packed_encoder``.
+
 Everything is restored on exit, also on error.
 """
 from __future__ import annotations
