@@ -232,3 +232,54 @@ def test_skip_set_on_a_file_afterwards_is_refused_not_ignored(kind):
         quiet_session(model).run(None, feeds)
     with pytest.raises(ValueError, match="skip_padded_queries"):
         maskedmha.decompose(model)
+
+
+# --- files with several nodes, `maskedmha info` -------------------------------------------------
+
+def two_nodes(first: bytes, second: bytes) -> onnx.ModelProto:
+    """The two one-node models side by side in one graph (names prefixed a_ / b_)."""
+    a = onnx.compose.add_prefix(onnx.load_from_string(first), "a_")
+    b = onnx.compose.add_prefix(onnx.load_from_string(second), "b_")
+    a.graph.node.extend(b.graph.node)
+    a.graph.input.extend(b.graph.input)
+    a.graph.output.extend(b.graph.output)
+    return a
+
+
+def test_varlen_and_dense_skip_nodes_in_one_file():
+    """Two signatures (varlen; dense with a bool mask): overloads and guards, right wherever the
+    runtime honours overloads, refused elsewhere (as every several-signature file)."""
+    packed = packed_feeds([3, 0, 4], 8, bias_kv=True, seed=1)
+    dense = make_feeds(2, 5, 5, 8, 2, kpm="bool", seed=2)
+    dense["key_padding_mask"][0, -1] = True
+    model = attach_functions(two_nodes(make_model(packed, 2, is_causal=1),
+                                       make_model(dense, 2, skip_padded_queries=1)))
+    assert sorted(f.overload for f in model.functions if "needs" not in f.overload) == [
+        "packed.ib.ob.bkv.varlen", "packed.ib.ob.kpm_b"]
+    feeds = {**{f"a_{k}": v for k, v in packed.items()}, **{f"b_{k}": v for k, v in dense.items()}}
+    with no_fastpath():
+        ref_dense = torch_reference(dense, 2)[0]
+    ref_dense[dense["key_padding_mask"]] = 0.0
+    runs = [("decomposed", stock_session(maskedmha.decompose(model)))]
+    if ort_release.fallback_runs(model):
+        runs.append(("fallback", stock_session(model)))
+    else:
+        with pytest.raises(Exception, match=ort_release.REFUSAL):
+            quiet_session(model)
+    for label, sess in runs:
+        got_packed, got_dense = sess.run(None, feeds)
+        assert_close(got_packed, per_sequence_reference(packed, 2, is_causal=True), label)
+        assert_close(got_dense, ref_dense, label)
+
+
+def test_info_shows_the_mode_and_the_attribute():
+    from maskedmha.info import node_lines
+    packed = packed_feeds([3, 2], 8)
+    dense = make_feeds(2, 4, 4, 8, 2, kpm="bool")
+    model = attach_functions(two_nodes(make_model(packed, 2),
+                                       make_model(dense, 2, skip_padded_queries=1)))
+    # the nodes have no names: `#0: ...` and `#1: ...`, each followed by its inputs line
+    varlen_node, dense_node = "\n".join(node_lines(model)).split("\n  #1:")
+    assert "variable-length mode" in varlen_node and "sequence_offsets int64" in varlen_node
+    assert "skip_padded_queries=0" in varlen_node
+    assert "skip_padded_queries=1" in dense_node and "variable-length" not in dense_node

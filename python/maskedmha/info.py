@@ -68,7 +68,8 @@ def fallback_functions(model: onnx.ModelProto) -> tuple[list, list]:
 
 
 def node_lines(model: onnx.ModelProto) -> list[str]:
-    """Two or three lines per MaskedMHA node: attributes, inputs present, fallback it uses."""
+    """Two or three lines per MaskedMHA node: attributes, inputs present (and the
+    variable-length mode when sequence_offsets is given), fallback it uses."""
     table = type_table(model)
     out = []
     for i, node in enumerate(mha_nodes(model)):
@@ -79,17 +80,21 @@ def node_lines(model: onnx.ModelProto) -> list[str]:
         out.append(f"  {node.name or f'#{i}'}: num_heads={heads} is_causal={a['is_causal']} "
                    f"add_zero_attn={a['add_zero_attn']} fully_masked_row={a['fully_masked_row']} "
                    f"average_attn_weights={a['average_attn_weights']} "
-                   f"need_weights={'yes' if need_weights else 'no'}")
+                   f"need_weights={'yes' if need_weights else 'no'} "
+                   f"skip_padded_queries={a['skip_padded_queries']}")
         present = []
         for k in (4, 6, 8, 9, 10):
             if ins[k]:
                 present.append(INPUT_NAMES[k])
-        for k in (11, 12):
+        for k in (11, 12, 13):
             if ins[k]:
                 known = table.get(ins[k])
                 present.append(f"{INPUT_NAMES[k]} {type_text(*known) if known else '(type not recorded)'}")
         weights = "separate q/k/v projection weights" if ins[4] else "packed in_proj_weight"
-        out.append(f"      {weights}; optional inputs: {', '.join(present) or 'none'}")
+        # sequence_offsets changes what query/key/value hold: say so in words
+        mode = ("variable-length mode (packed (T, E) token rows, attention per sequence); "
+                if ins[13] else "")
+        out.append(f"      {mode}{weights}; optional inputs: {', '.join(present) or 'none'}")
         if node.overload:
             out.append(f"      overload {node.overload!r}")
     return out
