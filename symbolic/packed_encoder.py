@@ -107,12 +107,13 @@ def why_dense(layers, src, mask, src_key_padding_mask, is_causal) -> str | None:
         return "is_causal=True"
     if src.dim() not in (2, 3):
         return f"src of rank {src.dim()}"
-    batch_first = layers[0].self_attn.batch_first if src.dim() == 3 else True
+    batch_first = layers[0].self_attn.batch_first
     for layer in layers:
         reason = _layer_why_dense(layer, src)
         if reason:
             return reason
-        if layer.self_attn.batch_first != batch_first:
+        # PyTorch reads a batch with each layer's own layout (an unbatched one alike for all)
+        if src.dim() == 3 and layer.self_attn.batch_first != batch_first:
             return "the layers disagree on batch_first"
     E = layers[0].self_attn.embed_dim
     expected = (src.shape[:2] if batch_first else (src.shape[1], src.shape[0])) \

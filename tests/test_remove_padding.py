@@ -275,3 +275,45 @@ def test_model_around_the_encoder(exporter):
         with torch.no_grad():
             expected = model(ids, pad)  # nested-tensor path
         np.testing.assert_allclose(got, expected.numpy(), **TOL)
+
+
+def test_unbatched_without_biases():
+    """(L, E) input with an (L,) mask, bias=False everywhere, seq-first layers: packed too."""
+    torch.manual_seed(10)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, bias=False), 2,
+                                enable_nested_tensor=False).eval()
+    x, m = torch.randn(6, 32), torch.tensor([False] * 4 + [True] * 2)
+    proto, messages = _warned(lambda: maskedmha.export(
+        enc, (x,), kwargs={"src_key_padding_mask": m}, input_names=["src", "mask"],
+        dynamic_axes={"src": {0: "L"}, "mask": {0: "L"}}, exporter="torchscript",
+        remove_padding=True))
+    assert messages == [] and count_mha(proto) == 2
+    sess = kernel_session(proto)
+    for L, valid in [(6, 4), (9, 9), (5, 1)]:
+        x, m = torch.randn(L, 32), torch.arange(L) >= valid
+        (got,) = sess.run(None, {"src": x.numpy(), "mask": m.numpy()})
+        with torch.no_grad(), no_fastpath():
+            expected = enc(x, src_key_padding_mask=m)
+        np.testing.assert_allclose(got[:valid], expected[:valid].numpy(), **TOL)
+        assert (got[valid:] == 0).all()
+
+
+def test_nn_transformer_encoder_packed():
+    """nn.Transformer's encoder is packed (its decoder stays dense); with the memory mask
+    given, the decoder never reads the padded memory, so the output is PyTorch's."""
+    from maskedmha.demo import DYNAMIC_AXES, NAMES, DemoTranslator, demo_inputs
+    torch.manual_seed(11)
+    model = DemoTranslator().eval()
+    proto = maskedmha.export(model, demo_inputs(2, 12, 10), input_names=NAMES,
+                             dynamic_axes=DYNAMIC_AXES, exporter="torchscript",
+                             remove_padding=True)
+    offsets = [n for n in proto.graph.node
+               if n.op_type == "MaskedMHA" and len(n.input) > OFFSETS and n.input[OFFSETS]]
+    assert count_mha(proto) == 6 and len(offsets) == 2  # the 2 encoder layers
+    sess = kernel_session(proto)
+    for shape in [(2, 12, 10), (3, 20, 15)]:
+        args = demo_inputs(*shape, seed=sum(shape))
+        (got,) = sess.run(None, {n: a.numpy() for n, a in zip(NAMES, args)})
+        with torch.no_grad(), no_fastpath():
+            expected = model(*args)
+        np.testing.assert_allclose(got, expected.numpy(), **TOL)
