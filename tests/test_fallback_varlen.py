@@ -21,6 +21,9 @@ from helpers.packed_rows import packed_feeds, per_sequence_reference
 from helpers.reference import ATOL, RTOL, make_feeds, no_fastpath, torch_reference
 
 
+TOO_NEW = ("Unsupported model IR version", "Current official support for domain ai.onnx is till")
+
+
 def assert_close(actual, expected, what):
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=RTOL, atol=ATOL,
                                err_msg=str(what))
@@ -41,9 +44,15 @@ def three_ways(model_bytes: bytes, opset: int = 18):
     with_fallback = attach_functions(model_at(model_bytes, opset))
     decomposed = maskedmha.decompose(with_fallback)
     runs = [("fused", fused)]
-    if ort_release.reads(with_fallback):   # opset 21+ needs IR 10: not ORT 1.17-1.18
+    try:
         runs += [("fallback", stock_session(with_fallback)),
                  ("decomposed", stock_session(decomposed))]
+    except Exception as e:  # noqa: BLE001
+        # an opset / IR version newer than this release reads (ORT 1.17: opset 20, IR 9;
+        # 1.19/1.20: opset 21, IR 10): the file is not for it
+        if not any(t in str(e) for t in TOO_NEW) or ort_release.VERSION >= (1, 32):
+            raise
+        pytest.skip(f"onnxruntime {ort.__version__} does not read opset {opset} / its IR")
     return [(label, lambda feeds, s=s: s.run(None, feeds)) for label, s in runs]
 
 
