@@ -3,15 +3,15 @@ bodies are the decomposition of docs/MaskedMHA.md.
 
 Two kinds of body come out of one builder:
 
-- ``build_function(Signature, opset)``: the body carried in exported files.  It reads the five
-  attributes (num_heads, is_causal, add_zero_attn, fully_masked_row, average_attn_weights) from
-  the calling node through attribute references (``AttributeProto.ref_attr_name``), so every
+- ``build_function(Signature, opset)``: the body carried in exported files.  It reads the six
+  attributes (num_heads, is_causal, add_zero_attn, fully_masked_row, average_attn_weights,
+  skip_padded_queries) from the calling node through attribute references (``AttributeProto.ref_attr_name``), so every
   node with the same *input/output signature* shares ONE function that is right for each of
   them.  This matters because ONNX Runtime 1.19.2 .. 1.26.0 ignore the ``overload`` field and
   inline the LAST function of ``model.functions`` with the node's (domain, name) for every node
   (measured: with per-configuration functions for 4 and 2 heads both nodes ran the last one's
-  head count).  What cannot be an attribute (which optional inputs are present, the element type
-  of each mask, whether attn_weights is an output) is the Signature; a file with several
+  head count).  What cannot be an attribute (which optional inputs are present, sequence_offsets
+  included, the element type of each mask, whether attn_weights is an output) is the Signature; a file with several
   signatures is handled in attach.py (overloads plus guard functions).
 - ``build_function(Config, opset)``: a body specialised to one node's attribute values, used by
   ``maskedmha.decompose`` (which inlines one per node, so nothing is shared): fewer ops, no
@@ -22,6 +22,11 @@ Attribute references, function attribute defaults (``attribute_proto``, IR >= 9)
 fully_masked_row is a string: string ``Equal`` exists only from opset 19 and ``StringNormalizer``
 fails at session creation on ORT <= 1.26 on machines without the en_US.UTF-8 locale (measured),
 so ``"nan"`` is recognised by ``Unique(Concat([value, "nan"]))`` having one element.
+
+The variable-length mode (input 13 sequence_offsets) runs the same dense body on its sequences
+scattered into a padded (B, Lmax, E) layout (``_packed_rows``) and gathers the real rows back.
+What the op refuses (bad offsets, skip_padded_queries where it cannot apply) fails the run
+through ``_Builder.refuse_if``, an error naming the check, never a number.
 
 Shapes stay dynamic: B, L, S, E come from ``Shape`` at run time.  Default-domain opsets 17..25
 are supported (ReduceMean/ReduceMax take ``axes`` as an attribute before 18 and as an input from
@@ -221,12 +226,13 @@ def _canon(b: _Builder, mask: str, kind: str) -> str:
     return b.op("Where", [mask, ninf, zero], "canon")
 
 
-def _packed_rows(b: _Builder, query: str, offsets: str):
+def _packed_rows(b: _Builder, query: str, key: str, value: str, offsets: str):
     """The variable-length layout: sequence b is rows offsets[b]..offsets[b+1]-1 of the (T, .)
     inputs.  Returns (index, kpm, B_Lmax): ``index`` (T, 2) int64, row t's (b, i) with
     i = t - offsets[b] its position in its sequence; ``kpm`` (B, Lmax) float, -inf at the
     positions i >= len_b that the padded layout adds; ``B_Lmax`` [B, Lmax].  The offsets are
-    checked first (refuse_if): wrong ones would scatter rows to wrong places."""
+    checked first (refuse_if), with query, key and value having the same number of rows: wrong
+    ones would scatter rows to wrong places."""
     zero_1d, one_1d, big = b.ints(0), b.ints(1), b.ints(np.iinfo(np.int64).max)
     zero_i, one_i = b.const(0), b.const(1)
     n_rows = b.dim(query, 0)                                         # [T]
@@ -241,6 +247,10 @@ def _packed_rows(b: _Builder, query: str, offsets: str):
                       b.op("Not", [b.op("Equal", [b.reduce("ReduceMax", b.op("Abs", [ends]),
                                                            [0], 0), zero_i])])])
     bad = b.op("Or", [bad, b.op("Less", [b.op("Size", [offsets]), one_i])], "bad_offsets")
+    rows = b.op("Concat", [n_rows, b.dim(key, 0), b.dim(value, 0)], axis=0)
+    bad = b.op("Or", [bad, b.op("Not", [b.op("Equal", [b.reduce("ReduceMax", rows, [0], 0),
+                                                       b.reduce("ReduceMin", rows, [0], 0)])])],
+               "bad_offsets")
     offsets = b.refuse_if(bad, offsets, REFUSE_OFFSETS, query)
     n_seq = b.op("Sub", [b.op("Shape", [offsets]), one_1d], "B")    # [B]
     starts = b.op("Slice", [offsets, zero_1d, b.ints(-1)])           # (B,)
@@ -303,7 +313,7 @@ def build_function(spec: Config | Signature, opset: int,
         heads_1d = b.refuse_if(b.attr_flag("skip_padded_queries"), heads_1d, REFUSE_SKIP,
                                query)
     if sig.varlen:
-        index, pad_kpm, b_lmax = _packed_rows(b, query, offsets)
+        index, pad_kpm, b_lmax = _packed_rows(b, query, key, value, offsets)
 
     # --- input projections (on B*L rows, or on the T packed rows) ----------------------------
     if sig.packed:

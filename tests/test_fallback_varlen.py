@@ -292,3 +292,13 @@ def test_info_shows_the_mode_and_the_attribute():
     assert "variable-length mode" in varlen_node and "sequence_offsets int64" in varlen_node
     assert "skip_padded_queries=0" in varlen_node
     assert "skip_padded_queries=1" in dense_node and "variable-length" not in dense_node
+
+
+@pytest.mark.parametrize("which", ["key", "value"])
+def test_varlen_fallback_refuses_rows_that_do_not_match_query(which):
+    feeds = packed_feeds([3, 2], 8)
+    model = attach_functions(onnx.load_from_string(make_model(feeds, 2)))
+    bad = dict(feeds, **{which: np.concatenate([feeds[which], feeds[which][:1]])})   # T + 1
+    for m in (model, maskedmha.decompose(model)):
+        with pytest.raises(Exception, match=REFUSE_OFFSETS):
+            quiet_session(m).run(None, bad)
