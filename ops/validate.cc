@@ -203,7 +203,7 @@ void CheckProjections(const std::vector<TensorDesc>& in, const Attributes& attrs
     CheckRank(in[kValue], kValue, 3, "(B, S, vdim)");
     p.Vd = in[kValue].shape[2];
   }
-  // The expected shape of key / value rows of width `width`, and its meaning.
+  // The expected shape of key / value with rows of width `width`.
   auto rows = [&](int64_t width) {
     return vl ? std::vector<int64_t>{p.T, width} : std::vector<int64_t>{p.B, p.S, width};
   };
