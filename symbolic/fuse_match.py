@@ -251,6 +251,12 @@ def _mask_sources(gi: GraphIndex, v: str, seen: set, out: list) -> None:
         _mask_sources(gi, i, seen, out)
 
 
+def _additive(m) -> np.ndarray:
+    """A mask operand as added to the scores (an ONNX Attention bool mask: True = attend)."""
+    m = np.asarray(m)
+    return np.where(m, 0.0, -np.inf) if m.dtype == np.bool_ else m.astype(np.float64)
+
+
 def _is_causal(m: np.ndarray) -> bool:
     """``m`` (additive, broadcast over leading axes) is -inf exactly above the diagonal."""
     if m.ndim < 2:
@@ -258,7 +264,8 @@ def _is_causal(m: np.ndarray) -> bool:
     L, S = m.shape[-2:]
     upper = np.arange(S)[None, :] > np.arange(L)[:, None]
     flat = m.reshape(-1, L, S)
-    return bool(np.all(np.isneginf(flat[:, upper])) and np.all(flat[:, ~upper] == 0))
+    # -inf, or the lowest float (-3.4e38, the dynamo exporter's SDPA): exp() is 0 either way
+    return bool(np.all(flat[:, upper] <= -1e30) and np.all(flat[:, ~upper] == 0))
 
 
 def _forward_chain(gi: GraphIndex, v: str, ops: set, core: list) -> str:
@@ -275,16 +282,18 @@ def _forward_chain(gi: GraphIndex, v: str, ops: set, core: list) -> str:
     return v
 
 
-def read_candidate(gi: GraphIndex, softmax: onnx.NodeProto) -> Candidate:
-    """The MaskedMHA node equivalent to the attention around ``softmax``, or Reject."""
-    core = [softmax.name]
+ANCHORS = ("Softmax", "Attention")
+
+
+def _read_softmax(gi: GraphIndex, softmax: onnx.NodeProto, core: list):
+    """Scores side of an explicit attention: [Reshape] <- Add(mask)* <- [Mul/Div scale] <-
+    MatMul(q, k^T) -> Softmax -> MatMul(., v) [-> weights output]."""
     attrs = {a.name: helper.get_attribute_value(a) for a in softmax.attribute}
     scores_shape = gi.value(softmax.input[0]).shape
     if attrs.get("axis", -1) not in (-1, len(scores_shape) - 1):
         raise Reject("Softmax is not over the last axis")
     if len(scores_shape) not in (3, 4):
         raise Reject(f"scores have rank {len(scores_shape)}, expected 3 or 4")
-    # --- scores: [Reshape] <- Add(mask)* <- [Mul/Div scale] <- MatMul(q, k^T)
     v, mask_operands, scale = softmax.input[0], [], 1.0
     qk = None
     for _ in range(50):
@@ -320,7 +329,6 @@ def read_candidate(gi: GraphIndex, softmax: onnx.NodeProto) -> Candidate:
                          "part of nn.MultiheadAttention's graph")
     if qk is None:
         raise Reject("the Softmax's input is not a q.k MatMul")
-    # --- probability side: MatMul(P, v) and the optional weights output
     p = softmax.output[0]
     cons = gi.readers(p)
     pv = [c for c in cons if c.op_type == "MatMul" and c.input[0] == p]
@@ -340,13 +348,46 @@ def read_candidate(gi: GraphIndex, softmax: onnx.NodeProto) -> Candidate:
                 raise Reject(f"the attention weights feed {n.op_type} {n.name!r}")
             core.append(n.name)
             weights_out = _forward_chain(gi, n.output[0], _WEIGHT_OPS, core)
+    return (qk.input[0], qk.input[1], pv.input[1], pv.output[0], mask_operands, scale,
+            scores_shape, weights_out, False)
+
+
+def _read_attention(gi: GraphIndex, node: onnx.NodeProto, core: list):
+    """ONNX ``Attention`` (opset 23; the dynamo exporter's SDPA): 4-D q, k, v (B, H, L|S, D),
+    an optional additive/bool mask, ``is_causal``, ``scale``."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    ins = list(node.input) + [""] * 6
+    if ins[4] or ins[5] or any(o for o in node.output[1:]):
+        raise Reject("Attention with a KV cache or extra outputs is not nn.MultiheadAttention")
+    if attrs.get("softcap", 0.0):
+        raise Reject("Attention with softcap is not nn.MultiheadAttention")
+    q, k = gi.value(ins[0]), gi.value(ins[1])
+    if q.ndim != 4 or k.ndim != 4 or k.shape[1] != q.shape[1]:
+        raise Reject("Attention with 3-D or grouped-query inputs is not nn.MultiheadAttention")
+    D = q.shape[-1]
+    scale = attrs.get("scale", 1.0 / math.sqrt(D)) if D else 1.0
+    masks = [ins[3]] if ins[3] else []
+    causal = bool(attrs.get("is_causal", 0))
+    if causal and masks:
+        raise Reject("Attention with both is_causal and a mask")
+    shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return ins[0], ins[1], ins[2], node.output[0], masks, scale, shape, None, causal
+
+
+def read_candidate(gi: GraphIndex, anchor: onnx.NodeProto) -> Candidate:
+    """The MaskedMHA node equivalent to the attention around ``anchor`` (a Softmax, or an ONNX
+    Attention node), or Reject."""
+    core = [anchor.name]
+    read = _read_softmax if anchor.op_type == "Softmax" else _read_attention
+    (q_heads, kt_heads, v_heads, attn_out, mask_operands, scale, scores_shape, weights_out,
+     causal_attr) = read(gi, anchor, core)
     # --- q, k, v projections
-    qp = _walk_to_projection(gi, qk.input[0], core)
-    kp = _walk_to_projection(gi, qk.input[1], core)
-    vp = _walk_to_projection(gi, pv.input[1], core)
+    qp = _walk_to_projection(gi, q_heads, core)
+    kp = _walk_to_projection(gi, kt_heads, core)
+    vp = _walk_to_projection(gi, v_heads, core)
     scale *= qp.scale * kp.scale
     # --- output projection: layout ops, then Gemm / MatMul[+Add] with constant weights
-    o = _forward_chain(gi, pv.output[0], {"Transpose", "Reshape", "Identity", "Squeeze",
+    o = _forward_chain(gi, attn_out, {"Transpose", "Reshape", "Identity", "Squeeze",
                                            "Unsqueeze", "Flatten"}, core)
     cons = gi.readers(o)
     if len(cons) != 1 or o in gi.graph_outputs:
@@ -487,9 +528,9 @@ def read_candidate(gi: GraphIndex, softmax: onnx.NodeProto) -> Candidate:
     for m in mask_operands:
         _mask_sources(gi, m, seen, sources)
     sources = [s for s in sources if s not in (q, k, vv)]
-    is_causal = False
+    is_causal = causal_attr
     if not sources and mask_operands:
-        total = sum(np.asarray(gi.value(m), np.float64) for m in mask_operands)
+        total = sum(_additive(gi.value(m)) for m in mask_operands)
         if _is_causal(np.broadcast_to(total, total.shape)):
             is_causal = True
         elif np.any(total):
@@ -515,7 +556,7 @@ def read_candidate(gi: GraphIndex, softmax: onnx.NodeProto) -> Candidate:
             average = False
         else:
             raise Reject(f"attention weights output has shape {list(wshape)}")
-    return Candidate(softmax=softmax.name, query=q, key=k, value=vv, q_transpose=qt,
+    return Candidate(softmax=anchor.name, query=q, key=k, value=vv, q_transpose=qt,
                      k_transpose=kt, v_transpose=vt, weights=w, num_heads=H,
                      add_zero_attn=zero_attn, is_causal=is_causal, output=final,
                      out_transpose=out_transpose, attn_weights=weights_out, average=average,

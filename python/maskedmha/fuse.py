@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .symbolic.attach import attach_functions
-from .symbolic.fuse_match import GraphIndex, Reject, apply, read_candidate
+from .symbolic.fuse_match import ANCHORS, GraphIndex, Reject, apply, read_candidate
 
 RTOL = 1e-5
 _NP = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_, TensorProto.INT64: np.int64,
@@ -30,6 +31,7 @@ _NP = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_, TensorProto.IN
 # (a TorchScript file with dynamic axes runs only at its export shape, baked into Reshapes).
 _BASE_SIZES = [2, 3, 5, 7, 4, 6, 8, 9]
 _MAX_TRIES = 6000
+_MAX_SHAPES = 8
 _SEARCH_SECONDS = 30.0
 
 
@@ -50,21 +52,39 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
     if isinstance(model, str):
         model = onnx.load(model)
     original = _named(model)
+    repairs = _repair(original)
     rows = report if report is not None else []
-    shapes = working_feeds(original)
-    refs = [_run(original, f, library=False) for f in shapes]
-    probe = _probe(original, shapes[0])
-    gi = GraphIndex(original, probe)
+    anchors = [n for n in original.graph.node if n.op_type in ANCHORS]
+    shapes, refs, indexes, read = [], [], [], {}
+    search = working_feeds(original) if anchors else iter(())
+    # shapes until every anchor reads at one of them (a shape the original runs at only by
+    # accident, a baked size that happens to fit, reads as nonsense: skip to the next one)
+    while anchors and len(shapes) < _MAX_SHAPES:
+        pending = [a for a in anchors if not isinstance(read.get(a.name), tuple)]
+        if not pending and len(shapes) >= 2:
+            break
+        feeds = next(search, None)
+        if feeds is None:
+            break
+        shapes.append(feeds)
+        refs.append(_run(original, feeds, library=False))
+        gi = GraphIndex(original, _probe(original, feeds))
+        indexes.append(gi)
+        for a in pending:
+            try:
+                read[a.name] = (read_candidate(gi, a), len(shapes) - 1)
+            except Reject as exc:
+                read.setdefault(a.name, str(exc))
     current = copy.deepcopy(original)
     fused = 0
     for node in list(original.graph.node):
-        if node.op_type != "Softmax":
+        if node.op_type not in ANCHORS:
             continue
-        try:
-            cand = read_candidate(gi, node)
-        except Reject as exc:
-            rows.append(ReportRow(node.name, "left unchanged", str(exc)))
+        got = read.get(node.name, "no shape found at which it reads")
+        if not isinstance(got, tuple):
+            rows.append(ReportRow(node.name, "left unchanged", got))
             continue
+        cand, primary = got
         reason = None
         for roles in cand.roles:
             trial = copy.deepcopy(current)
@@ -74,19 +94,47 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
                 reason = str(exc)
                 break
             checked = attach_functions(copy.deepcopy(trial))
-            bad = _disagreement(checked, shapes, refs)
-            if bad is None:
+            results = _compare(checked, shapes, refs)
+            bad = next((r for r in results if r.startswith("differ")), None)
+            if bad is None and results[primary] == "agree":
                 current = trial
                 fused += 1
-                rows.append(ReportRow(node.name, "fused", _describe(cand, roles, len(shapes))))
+                agreed = results.count("agree")
+                refused = len(results) - agreed
+                rows.append(ReportRow(node.name, "fused", _describe(cand, roles, agreed) + (
+                    f" (refused {refused} shape(s) the original runs at only through a baked "
+                    "size)" if refused else "")))
                 reason = None
                 break
-            reason = f"numbers differ from the original: {bad}"
+            reason = f"numbers differ from the original: {bad or results[primary]}"
         if reason:
             rows.append(ReportRow(node.name, "left unchanged", reason))
+    for text in repairs:
+        rows.append(ReportRow("(file)", "repaired", text))
     if fused:
         attach_functions(current)
     return current
+
+
+def _repair(model: onnx.ModelProto) -> list:
+    """In place: fix what makes a stock file invalid before anything runs it; what was done.
+
+    torch 2.13's dynamo exporter writes opset 18 and converts down; at opset 17 it leaves
+    ``Split(num_outputs=n)`` (an opset-18 attribute: ORT refuses the file).  Before opset 18,
+    Split without ``split`` sizes cuts into as many equal parts as it has outputs, which is
+    what ``num_outputs`` asks when the axis divides evenly (ORT fails the run otherwise)."""
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
+    done = 0
+    if opset < 18:
+        for n in model.graph.node:
+            if n.op_type == "Split" and any(a.name == "num_outputs" for a in n.attribute):
+                keep = [a for a in n.attribute if a.name != "num_outputs"]
+                del n.attribute[:]
+                n.attribute.extend(keep)
+                done += 1
+    return [f"{done} Split node(s) with the opset-18 attribute num_outputs in an opset-{opset} "
+            "file (torch's dynamo exporter down-conversion) rewritten as equal splits"] \
+        if done else []
 
 
 def _describe(cand, roles, n_shapes) -> str:
@@ -190,6 +238,45 @@ def _dim_params(model) -> list:
     return out
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+def _split_dims(dims: list):
+    """(free symbols, derived dims): the dynamo exporter names a dimension computed from others
+    like ``4*s5``; only the free symbols are searched, the derived ones are evaluated."""
+    derived = [d for d in dims if not _NAME.fullmatch(d)]
+    free = [d for d in dims if _NAME.fullmatch(d)]
+    for d in derived:
+        for name in _NAME.findall(d):
+            if name not in free:
+                free.append(name)
+    return free, derived
+
+
+def _evaluate(expr: str, sizes: dict):
+    if not re.fullmatch(r"[A-Za-z_0-9*+\- ()/]+", expr):
+        return None
+    try:
+        value = eval(expr, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - checked above
+    except Exception:  # noqa: BLE001
+        return None
+    return int(value) if float(value).is_integer() and value > 0 else None
+
+
+def _partitions(items: list):
+    """Set partitions of ``items``, finest (all apart) first, coarser ones after."""
+    def rec(rest):
+        if not rest:
+            yield []
+            return
+        first, tail = rest[0], rest[1:]
+        for part in rec(tail):
+            yield [[first]] + part
+            for i in range(len(part)):
+                yield part[:i] + [[first] + part[i]] + part[i + 1:]
+    return sorted(rec(list(items)), key=len, reverse=True)
+
+
 def _constant_sizes(model) -> list:
     """Small positive integers in the graph's small int64 constants (candidate baked sizes)."""
     found = []
@@ -204,10 +291,39 @@ def _constant_sizes(model) -> list:
     return found
 
 
-def working_feeds(model: onnx.ModelProto, wanted: int = 2) -> list:
-    """Up to ``wanted`` feeds dicts at different shapes at which ``model`` runs (stock ORT)."""
+# Block sizes of the first and the second shape tried per partition: all different, so a
+# key_padding_mask (B, S) cannot pass for an attn_mask (L, S).
+_FIRST, _SECOND = [2, 5, 7, 3, 11, 13, 4, 6], [3, 4, 9, 5, 6, 8, 10, 12]
+
+
+def working_feeds(model: onnx.ModelProto):
+    """Feeds dicts, at different shapes, at which ``model`` runs (stock ORT), best first; a
+    generator (the caller stops when it has what it needs).
+
+    Symbolic dimensions are searched: first which of them must be equal (set partitions, finest
+    first, blocks at different sizes); a partition that runs at two sizes is the answer.  A
+    TorchScript file with dynamic axes runs only at its export shape (baked into Reshapes) and
+    sometimes at others by accident (a baked size that happens to fit); for those, sizes are
+    tried one combination after the other, and the caller skips shapes that read as nonsense.
+    Raises FuseError when the file runs nowhere."""
     dims = _dim_params(model)
     sess = _session(model, library=False)
+    any_found = False
+
+    def runs(sizes: dict, seed: int):
+        full = dict(sizes)
+        for d in derived:
+            value = _evaluate(d, sizes)
+            if value is None:
+                return None
+            full[d] = value
+        feeds = _feeds(model, full, seed=seed)
+        try:
+            sess.run(None, feeds)
+        except Exception:  # noqa: BLE001 - a shape the file refuses
+            return None
+        return feeds
+
     if not dims:
         feeds = _feeds(model, {})
         try:
@@ -215,29 +331,57 @@ def working_feeds(model: onnx.ModelProto, wanted: int = 2) -> list:
         except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
             raise FuseError(f"the model does not run on random inputs: "
                             f"{' '.join(str(exc).split())[:300]}") from None
-        return [feeds]
+        yield feeds
+        return
+    free, derived = _split_dims(dims)
+    t0 = time.perf_counter()
+    accidental = []
+    for part in _partitions(free)[:300]:
+        if len(part) > len(_FIRST):
+            continue
+        found = []
+        for values in (_FIRST, _SECOND):
+            sizes = {d: values[i] for i, block in enumerate(part) for d in block}
+            feeds = runs(sizes, seed=len(found))
+            if feeds is not None:
+                found.append(feeds)
+        if len(found) == 2:
+            yield from found  # consistent sizes: the file runs at more than one shape
+            return
+        accidental += found
+        if time.perf_counter() - t0 > _SEARCH_SECONDS / 2:
+            break
+    yield from accidental
+    any_found = bool(accidental)
+    # ORT's Attention (opset 23) refuses a (B, H, 1, S) key padding mask unless L == 1: a
+    # dynamo file with one runs only at length 1 there.  Try each block at size 1.
+    for part in _partitions(free)[:60]:
+        hit = False
+        for one in range(len(part)):
+            sizes = {d: 1 if i == one else _FIRST[i] for i, block in enumerate(part)
+                     for d in block}
+            feeds = runs(sizes, seed=0)
+            if feeds is not None:
+                any_found = hit = True
+                yield feeds
+                break
+        if hit:
+            break
     values = list(dict.fromkeys(_BASE_SIZES + _constant_sizes(model)))
-    if len(dims) >= 4:
-        values = values[:max(4, int(6000 ** (1 / len(dims))))]
-    combos = sorted(itertools.product(values, repeat=len(dims)),
+    if len(free) >= 4:
+        values = values[:max(4, int(_MAX_TRIES ** (1 / len(free))))]
+    combos = sorted(itertools.product(values, repeat=len(free)),
                     key=lambda c: (len(c) - len(set(c)), sum(c)))
-    found, t0 = [], time.perf_counter()
     for tries, combo in enumerate(combos):
         if tries >= _MAX_TRIES or time.perf_counter() - t0 > _SEARCH_SECONDS:
             break
-        sizes = dict(zip(dims, combo))
-        feeds = _feeds(model, sizes, seed=len(found))
-        try:
-            sess.run(None, feeds)
-        except Exception:  # noqa: BLE001 - a shape the baked sizes refuse
-            continue
-        found.append(feeds)
-        if len(found) == wanted:
-            break
-    if not found:
+        feeds = runs(dict(zip(free, combo)), seed=tries)
+        if feeds is not None:
+            any_found = True
+            yield feeds
+    if not any_found:
         raise FuseError(f"found no sizes for the symbolic dimensions {', '.join(dims)} at which "
                         "the model runs (tried the small sizes and those in its constants)")
-    return found
 
 
 def _probe(model, feeds) -> dict:
@@ -262,33 +406,42 @@ def _probe(model, feeds) -> dict:
     return dict(zip(names, sess.run(None, feeds))) | feeds
 
 
-def _disagreement(fused, shapes, refs) -> str | None:
-    """None when ``fused`` gives ``refs`` at every feeds dict, else what differs."""
+def _compare(fused, shapes, refs) -> list:
+    """Per feeds dict: "agree", "refused: ..." (the rewritten model raises an error) or
+    "differs: ..." (it runs and gives other numbers)."""
     try:
         sess = _session(fused, library=_library_available())
     except Exception as exc:  # noqa: BLE001
-        return f"the rewritten model does not load: {' '.join(str(exc).split())[:200]}"
+        return [f"differs: the rewritten model does not load: "
+                f"{' '.join(str(exc).split())[:200]}"] * len(shapes)
+    out = []
     for feeds, ref in zip(shapes, refs):
         try:
             got = sess.run(None, feeds)
         except Exception as exc:  # noqa: BLE001
-            return f"the rewritten model fails: {' '.join(str(exc).split())[:200]}"
-        for g, r in zip(got, ref):
-            g, r = np.asarray(g), np.asarray(r)
-            if g.shape != r.shape:
-                return f"output shape {list(g.shape)} != {list(r.shape)}"
-            if g.dtype.kind == "f":
-                gn, rn = np.isnan(g), np.isnan(r)
-                if not np.array_equal(gn, rn):
-                    return "NaN at other positions"
-                ok = ~rn
-                if ok.any():
-                    scale = max(1.0, float(np.max(np.abs(r[ok]))))
-                    err = float(np.max(np.abs(g[ok].astype(np.float64) - r[ok])))
-                    if err > RTOL * scale:
-                        return f"max |diff| {err:.2e} > {RTOL * scale:.1e}"
-            elif not np.array_equal(g, r):
-                return "non-float output differs"
+            out.append(f"refused: {' '.join(str(exc).split())[:200]}")
+            continue
+        out.append(_differs(got, ref) or "agree")
+    return out
+
+
+def _differs(got, ref) -> str | None:
+    for g, r in zip(got, ref):
+        g, r = np.asarray(g), np.asarray(r)
+        if g.shape != r.shape:
+            return f"differs: output shape {list(g.shape)} != {list(r.shape)}"
+        if g.dtype.kind == "f":
+            gn, rn = np.isnan(g), np.isnan(r)
+            if not np.array_equal(gn, rn):
+                return "differs: NaN at other positions"
+            ok = ~rn
+            if ok.any():
+                scale = max(1.0, float(np.max(np.abs(r[ok]))))
+                err = float(np.max(np.abs(g[ok].astype(np.float64) - r[ok])))
+                if err > RTOL * scale:
+                    return f"differs: max |diff| {err:.2e} > {RTOL * scale:.1e}"
+        elif not np.array_equal(g, r):
+            return "differs: a non-float output"
     return None
 
 
