@@ -99,6 +99,10 @@ def test_varlen_at_other_opsets(opset):
         pytest.skip(f"onnx {onnx.__version__} does not know opset {opset}")
     feeds = packed_feeds([4, 0, 3], 8, bias_kv=True, seed=3)
     ref = per_sequence_reference(feeds, 2, is_causal=True)
+    # every op of the body exists at this opset, with these types (onnx's checker, full)
+    attached = attach_functions(model_at(make_model(feeds, 2, is_causal=1), opset))
+    onnx.checker.check_model(attached, full_check=True)
+    onnx.checker.check_model(maskedmha.decompose(attached), full_check=True)
     for label, run in three_ways(make_model(feeds, 2, is_causal=1), opset):
         assert_close(run(feeds)[0], ref, label)
 
