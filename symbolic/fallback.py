@@ -5,14 +5,15 @@ Two kinds of body come out of one builder:
 
 - ``build_function(Signature, opset)``: the body carried in exported files.  It reads the six
   attributes (num_heads, is_causal, add_zero_attn, fully_masked_row, average_attn_weights,
-  skip_padded_queries) from the calling node through attribute references (``AttributeProto.ref_attr_name``), so every
-  node with the same *input/output signature* shares ONE function that is right for each of
-  them.  This matters because ONNX Runtime 1.19.2 .. 1.26.0 ignore the ``overload`` field and
-  inline the LAST function of ``model.functions`` with the node's (domain, name) for every node
-  (measured: with per-configuration functions for 4 and 2 heads both nodes ran the last one's
-  head count).  What cannot be an attribute (which optional inputs are present, sequence_offsets
-  included, the element type of each mask, whether attn_weights is an output) is the Signature; a file with several
-  signatures is handled in attach.py (overloads plus guard functions).
+  skip_padded_queries) from the calling node through attribute references
+  (``AttributeProto.ref_attr_name``), so every node with the same *input/output signature*
+  shares ONE function that is right for each of them.  This matters because ONNX Runtime
+  1.19.2 .. 1.26.0 ignore the ``overload`` field and inline the LAST function of
+  ``model.functions`` with the node's (domain, name) for every node (measured: with
+  per-configuration functions for 4 and 2 heads both nodes ran the last one's head count).
+  What cannot be an attribute (which optional inputs are present, sequence_offsets included,
+  the element type of each mask, whether attn_weights is an output) is the Signature; a file
+  with several signatures is handled in attach.py (overloads plus guard functions).
 - ``build_function(Config, opset)``: a body specialised to one node's attribute values, used by
   ``maskedmha.decompose`` (which inlines one per node, so nothing is shared): fewer ops, no
   run-time branching on attributes.
@@ -523,8 +524,8 @@ def build_guard(opset: int, overload: str) -> onnx.FunctionProto:
     (which ignore overloads and take the last same-named function) then fail at session creation
     with "Fatal error: com.maskedmha.needs_function_overloads:<GUARD_OP>(-1) is not a registered
     function/op"; ORT >= 1.27 (which honour overloads) never look at it (measured).  It declares
-    all the op's inputs and both outputs so that message is the one every node gets: with one output,
-    ORT 1.19-1.26 reject a two-output node earlier with a bare "Number of actual parameters
+    all the op's inputs and both outputs so that message is the one every node gets: with one
+    output, ORT 1.19-1.26 reject a two-output node earlier with a bare "Number of actual parameters
     cannot exceed number of formal parameters" (measured)."""
     nodes = [helper.make_node(GUARD_OP, ["query"], ["_unresolvable", "attn_weights"],
                               domain=GUARD_DOMAIN),
