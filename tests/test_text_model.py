@@ -155,3 +155,20 @@ def test_numpy_unicode_arrays_work_too(sessions, torch_model, tokenizer):
 def test_max_positions_beyond_the_table_is_refused(torch_model, tokenizer):
     with pytest.raises(ValueError, match="exceeds the model's position table"):
         export_text_model(torch_model, tokenizer, max_positions=MAX_POSITIONS + 1)
+
+
+def test_info_and_optimize_register_the_extensions_too(text_model, tmp_path):
+    """`maskedmha info` runs the file with and without our library, `maskedmha optimize` runs ORT
+    on it: both must also register onnxruntime-extensions for the tokenizer in front, or ORT
+    refuses the file ('GPT2Tokenizer is not a registered function/op')."""
+    import subprocess
+    import sys
+    src = tmp_path / "text.onnx"
+    src.write_bytes(text_model.SerializeToString())
+    info = subprocess.run([sys.executable, "-m", "maskedmha", "info", str(src)],
+                          capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert "GPT2Tokenizer" not in info.stdout, info.stdout
+    assert "refused" not in info.stdout, info.stdout
+    optimized = maskedmha.optimize(str(src), str(tmp_path / "opt.onnx"))
+    assert any(n.op_type == "MaskedMHA" for n in optimized.graph.node)

@@ -150,9 +150,13 @@ import onnxruntime as ort
 path, with_library = sys.argv[1], sys.argv[2] == "1"
 try:
     opts = ort.SessionOptions()
+    # Both probes get onnxruntime-extensions' library when the model imports its domains (a
+    # tokenizer in front): the question is only whether MaskedMHA runs with or without ours.
+    from maskedmha.session import extensions_options, session_options
     if with_library:
-        import maskedmha
-        opts = maskedmha.session_options(opts)
+        opts = session_options(opts, model=path)
+    else:
+        opts = extensions_options(opts, model=path)
     ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 except Exception as exc:
     print(" ".join(str(exc).split())[:300])

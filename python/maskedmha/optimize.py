@@ -36,7 +36,7 @@ def optimize(model_in, model_out: str, level: str = "extended") -> onnx.ModelPro
         model_in = model_in.SerializeToString()
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "optimized.onnx")
-        opts = session_options()
+        opts = session_options(model=model_in)  # + onnxruntime-extensions if the model uses it
         opts.graph_optimization_level = LEVELS[level]
         opts.optimized_model_filepath = saved
         ort.InferenceSession(model_in, sess_options=opts, providers=["CPUExecutionProvider"])
