@@ -237,9 +237,10 @@ def _walk_to_projection(gi: GraphIndex, v: str, core: list) -> _Proj:
                  "nn.MultiheadAttention's graph")
 
 
-def _mask_sources(gi: GraphIndex, v: str, seen: set, out: list) -> None:
+def _mask_sources(gi: GraphIndex, v: str, seen: set, out: list, constants: list) -> None:
     """Data-dependent values a mask operand is prepared from (graph inputs or values computed
-    outside the attention), in order."""
+    outside the attention), in order; ``constants`` receives the constant operands of the Adds
+    that merge masks (e.g. a causal float mask the tracer baked, added to a padding mask)."""
     if v in seen or not gi.data_dependent(v):
         return
     seen.add(v)
@@ -247,8 +248,10 @@ def _mask_sources(gi: GraphIndex, v: str, seen: set, out: list) -> None:
     if n is None or n.op_type not in _MASK_OPS:
         out.append(v)
         return
+    if n.op_type == "Add":
+        constants.extend(i for i in n.input if not gi.data_dependent(i))
     for i in n.input:
-        _mask_sources(gi, i, seen, out)
+        _mask_sources(gi, i, seen, out, constants)
 
 
 def _additive(m) -> np.ndarray:
@@ -508,9 +511,8 @@ def read_candidate(gi: GraphIndex, anchor: onnx.NodeProto) -> Candidate:
         if m.shape[1] != E:
             raise Reject(f"{name} projection has {m.shape[1]} outputs, expected {E}")
     if sum(b is None for b in (bq, bk, bv)) not in (0, 3):
-        raise Reject("only some of the input projections have a bias")
-    if (bq is None) != (out_b is None):
-        raise Reject("bias on the input projections but not the output one, or the reverse")
+        # an exporter drops an all-zero bias (the default init of nn.MultiheadAttention)
+        bq, bk, bv = (np.zeros(E, np.float32) if b is None else b for b in (bq, bk, bv))
     if wk.shape[0] == E and wv.shape[0] == E:
         w["in_proj_weight"] = np.concatenate([wq.T, wk.T, wv.T]).astype(np.float32)
     else:
@@ -519,19 +521,25 @@ def read_candidate(gi: GraphIndex, anchor: onnx.NodeProto) -> Candidate:
         w["v_proj_weight"] = wv.T.astype(np.float32).copy()
     if bq is not None:
         w["in_proj_bias"] = np.concatenate([bq, bk, bv]).astype(np.float32)
+    if out_b is not None:
         w["out_proj_bias"] = out_b.astype(np.float32)
     w["out_proj_weight"] = wo.astype(np.float32).copy()
     if bias_k is not None:
         w["bias_k"], w["bias_v"] = bias_k.astype(np.float32), bias_v.astype(np.float32)
     # --- masks
-    sources, seen = [], set()
+    sources, seen, constants = [], set(), []
     for m in mask_operands:
-        _mask_sources(gi, m, seen, sources)
+        if gi.data_dependent(m):
+            _mask_sources(gi, m, seen, sources, constants)
+        else:
+            constants.append(m)
     sources = [s for s in sources if s not in (q, k, vv)]
     is_causal = causal_attr
-    if not sources and mask_operands:
-        total = sum(_additive(gi.value(m)) for m in mask_operands)
+    if constants:
+        total = sum(_additive(gi.value(m)) for m in constants)
         if _is_causal(np.broadcast_to(total, total.shape)):
+            if is_causal:
+                raise Reject("a causal mask on top of is_causal")
             is_causal = True
         elif np.any(total):
             raise Reject("a constant mask that is not the causal one is added to the scores")

@@ -31,7 +31,7 @@ _NP = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_, TensorProto.IN
 # (a TorchScript file with dynamic axes runs only at its export shape, baked into Reshapes).
 _BASE_SIZES = [2, 3, 5, 7, 4, 6, 8, 9]
 _MAX_TRIES = 6000
-_MAX_SHAPES = 8
+_MAX_SHAPES = 40
 _SEARCH_SECONDS = 30.0
 
 

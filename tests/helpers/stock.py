@@ -54,3 +54,14 @@ def stock_case(case_name: str, exporter: str, opset: int) -> bytes:
     model = stock_export(build_module(case), tuple(args.values()), exporter, opset,
                          input_names(case, args), output_names(case), dynamic_axes(case))
     return model.SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def stock_demo(exporter: str, opset: int) -> bytes:
+    """maskedmha.demo's nn.Transformer (2+2 layers: 6 attentions, padding + causal masks)
+    exported the stock way at (batch 2, src 12, tgt 10) with dynamic axes (serialized)."""
+    from maskedmha.demo import DYNAMIC_AXES, NAMES, DemoTranslator, demo_inputs
+    torch.manual_seed(0)
+    model = DemoTranslator().eval()
+    return stock_export(model, demo_inputs(2, 12, 10), exporter, opset, NAMES, ["output"],
+                        DYNAMIC_AXES).SerializeToString()
