@@ -445,9 +445,15 @@ def read_candidate(gi: GraphIndex, anchor: onnx.NodeProto) -> Candidate:
     for name, shape in ((q, 3), (k, 3), (vv, 3)):
         if gi.value(name).ndim != shape:
             raise Reject(f"input {name!r} has rank {gi.value(name).ndim}, expected 3")
+    # the layout is read from the shapes where they tell (a hand-written batch-first attention
+    # has no Transpose in front of its projections); the Transpose decides otherwise
+    qt = _seq_first(gi.value(q).shape, scores_shape[-2], qt)
     qv = gi.value(q)
     B, L = (qv.shape[1], qv.shape[0]) if qt else (qv.shape[0], qv.shape[1])
+    kt = not _seq_first(gi.value(k).shape, B, not kt)
+    vt = not _seq_first(gi.value(vv).shape, B, not vt)
     S = gi.value(k).shape[0 if kt else 1]
+    out_transpose = _seq_first(gi.value(final).shape, L, out_transpose)
     # --- head count, extra keys, scale
     if len(scores_shape) == 3:
         if B == 0 or scores_shape[0] % B:
@@ -590,6 +596,15 @@ def _mask_roles(masks, shapes, B, L, S, H) -> list:
         if ok:
             out.append(roles)
     return out
+
+
+def _seq_first(shape, length: int, default: bool) -> bool:
+    """Whether a (d0, d1, E) value has ``length`` on axis 0 (and not on axis 1)."""
+    if len(shape) == 3 and shape[0] == length and shape[1] != length:
+        return True
+    if len(shape) == 3 and shape[1] == length and shape[0] != length:
+        return False
+    return default
 
 
 def _perm(n) -> list:

@@ -52,6 +52,13 @@ def optimize(model_in, model_out, level="extended"):
     return _call("optimize", model_in, model_out, level=level)
 
 
+def fuse(model, report=None):
+    """A copy of a stock-exported ``model`` (ModelProto or path) with every
+    nn.MultiheadAttention subgraph replaced by one verified MaskedMHA node.  Arguments and return
+    value: ``maskedmha.fuse.fuse``."""
+    return _call("fuse", model, report)
+
+
 class _Package(types.ModuleType):
     """Importing a submodule binds it as an attribute of its package (``maskedmha.export`` would
     become the module ``export.py`` the first time anything imports it); the eager imports this
@@ -60,7 +67,8 @@ class _Package(types.ModuleType):
     the submodules stay reachable through ``sys.modules`` / ``from maskedmha.export import ...``."""
 
     def __setattr__(self, name, value):
-        if name in ("export", "decompose", "optimize") and isinstance(value, types.ModuleType):
+        if name in ("export", "decompose", "optimize", "fuse") and isinstance(value,
+                                                                       types.ModuleType):
             return
         super().__setattr__(name, value)
 
@@ -69,7 +77,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "DOMAIN", "OP_TYPE", "OPSET_VERSION", "get_library_path", "session_options",
-    "InferenceSession", "export", "decompose", "optimize", "LibraryNotFoundError",
+    "InferenceSession", "export", "decompose", "optimize", "fuse", "LibraryNotFoundError",
     "LibraryLoadError",
 ]
 __version__ = "0.1.0"

@@ -109,10 +109,11 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
             reason = f"numbers differ from the original: {bad or results[primary]}"
         if reason:
             rows.append(ReportRow(node.name, "left unchanged", reason))
+    if not fused:
+        return copy.deepcopy(model)  # left exactly as it was (no renamed nodes, no repairs)
     for text in repairs:
         rows.append(ReportRow("(file)", "repaired", text))
-    if fused:
-        attach_functions(current)
+    attach_functions(current)
     return current
 
 
@@ -462,3 +463,76 @@ def _library_available() -> bool:
 
 
 __all__ = ["fuse", "format_report", "ReportRow", "FuseError", "working_feeds"]
+
+
+# --- the command line: `maskedmha fuse` and `maskedmha compare FUSED --original STOCK` -------
+
+def fuse_file(path_in: str, path_out: str, report: bool = False) -> str:
+    """Fuse the file ``path_in`` into ``path_out``; the summary line (and the report table)."""
+    from .modelfile import UsageError, load_model
+
+    model = load_model(path_in)
+    rows = []
+    try:
+        fused = fuse(model, rows)
+    except FuseError as exc:
+        raise UsageError(f"{path_in}: {exc}") from None
+    onnx.save(fused, path_out)
+    done = sum(r.status == "fused" for r in rows)
+    found = sum(r.status != "repaired" for r in rows)
+    text = (f"wrote {path_out}: {done} of {found} attention subgraph(s) fused into MaskedMHA "
+            f"nodes, {len(model.graph.node)} -> {len(fused.graph.node)} nodes"
+            + ("" if done == found else " (see --report for what was left unchanged and why)"
+               if not report else ""))
+    return text + ("\n\n" + format_report(rows) if report else "")
+
+
+def compare_with_original(fused: onnx.ModelProto, original: onnx.ModelProto,
+                          feeds: dict | None = None, runs: int = 20,
+                          threads: int | None = None, sizes: dict | None = None):
+    """``maskedmha.compare.compare``'s table for a fused file against the stock file it was made
+    from (instead of against its own decomposition): same inputs, interleaved timed runs."""
+    from .compare import Comparison, GraphReport, _diff, _histogram
+    from .compare import _session as compare_session
+    from .inputs import FeedInfo, random_feeds_described
+
+    if feeds is None:
+        feeds, infos = random_feeds_described(fused, sizes)
+    else:
+        infos = [FeedInfo(k, np.asarray(v).dtype.name, tuple(np.shape(v)), "given")
+                 for k, v in feeds.items()]
+    reports, sessions = [], []
+    for name, m, lib in (("fused", fused, True), ("original", original, False)):
+        sess = compare_session(m, lib, threads)
+        rep = GraphReport(name, len(m.graph.node), _histogram(m))
+        wanted = {i.name for i in sess.get_inputs()}
+        try:
+            rep.outputs = sess.run(None, {k: v for k, v in feeds.items() if k in wanted})
+        except Exception as exc:  # noqa: BLE001 - ORT's Fail / InvalidArgument
+            raise RuntimeError(f"the {name} file fails on these inputs"
+                               + (" (a stock TorchScript file runs only at the sizes baked into "
+                                  "it)" if name == "original" else "")
+                               + f": {' '.join(str(exc).split())[:300]}") from None
+        reports.append(rep)
+        sessions.append((sess, {k: v for k, v in feeds.items() if k in wanted}))
+    for _ in range(max(1, runs)):
+        for rep, (sess, f) in zip(reports, sessions):
+            t0 = time.perf_counter()
+            sess.run(None, f)
+            rep.times_ms.append((time.perf_counter() - t0) * 1e3)
+    for rep in reports:
+        rep.median_ms = float(np.median(rep.times_ms))
+    worst_abs = worst_rel = 0.0
+    nan = 0
+    for a, b in zip(reports[0].outputs, reports[1].outputs):
+        d_abs, d_rel, d_nan = _diff(a, b)
+        worst_abs, worst_rel, nan = max(worst_abs, d_abs), max(worst_rel, d_rel), nan + d_nan
+    return Comparison(reports[0], reports[1], worst_abs, worst_rel, nan, infos)
+
+
+def format_pair(result) -> str:
+    """compare's table with the right-hand column named for what it is: the original file."""
+    from .compare import format_table
+    return (format_table(result).replace("decomposed (stock ORT)", "original (stock ORT)")
+            .replace("fused - decomposed", "fused - original")
+            .replace("fused over decomposed", "fused over original"))
