@@ -317,3 +317,15 @@ def test_nn_transformer_encoder_packed():
         with torch.no_grad(), no_fastpath():
             expected = model(*args)
         np.testing.assert_allclose(got, expected.numpy(), **TOL)
+
+
+def test_no_encoder_in_the_model_is_said_and_forwards_restored():
+    encoder_forward = nn.TransformerEncoder.forward
+    layer_forward = nn.TransformerEncoderLayer.forward
+    mha = nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    x = torch.randn(2, 3, 16)
+    _, messages = _warned(lambda: maskedmha.export(mha, (x, x, x), exporter="torchscript",
+                                                   remove_padding=True))
+    assert len(messages) == 1 and "no nn.TransformerEncoder" in messages[0], messages
+    assert nn.TransformerEncoder.forward is encoder_forward
+    assert nn.TransformerEncoderLayer.forward is layer_forward
