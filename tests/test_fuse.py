@@ -55,6 +55,19 @@ def test_stock_export_fuses_to_one_exact_node(case, exporter, opset):
                 assert_matches(g, e, f"{name} at {shape} ({'kernel' if library else 'fallback'})")
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("cross_kdim_vdim", "bias_kv",
+                                                                 "kpm_float_am_bool3")], ids=str)
+def test_opset_14_file_is_converted_to_17_and_fused(case):
+    """Files older than the fallback's opset 17: converted (the report says so), then fused."""
+    stock = onnx.load_from_string(stock_case(case.name, "torchscript", 14))
+    report = []
+    fused = fuse(stock, report)
+    assert count_mha(fused) == 1 and any("opset 14 converted" in r.detail for r in report)
+    args = make_inputs(case, *OTHER_SHAPES[0])
+    for g, e in zip(_run(fused, feeds(args), True), reference(build_module(case), args)):
+        assert_matches(g, e, "opset-14 file fused")
+
+
 def test_stock_torchscript_file_runs_only_at_its_export_shape():
     """The reason for the new-shape checks above: the stock TorchScript file with dynamic axes
     fails at a new batch size (bsz*num_heads baked into a Reshape); the fused one runs."""

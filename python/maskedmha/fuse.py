@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -53,6 +54,19 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
         model = onnx.load(model)
     original = _named(model)
     repairs = _repair(original)
+    before_upgrade = None
+    if _opset(original) < _MIN_OPSET:
+        # the fallback functions need opset 17 (the oldest maskedmha writes): convert the whole
+        # file; the converted file's numbers are checked against the given one below
+        before_upgrade = original
+        try:
+            original = onnx.version_converter.convert_version(original, _MIN_OPSET)
+        except Exception as exc:  # noqa: BLE001 - the converter's own errors
+            raise FuseError(f"opset {_opset(before_upgrade)} cannot be converted to "
+                            f"{_MIN_OPSET}, which the fallback function needs: "
+                            f"{' '.join(str(exc).split())[:200]}") from None
+        repairs.append(f"opset {_opset(before_upgrade)} converted to {_MIN_OPSET} (the "
+                       "fallback functions need it), checked to give the same numbers")
     rows = report if report is not None else []
     anchors = [n for n in original.graph.node if n.op_type in ANCHORS]
     shapes, refs, indexes, read = [], [], [], {}
@@ -68,6 +82,9 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
             break
         shapes.append(feeds)
         refs.append(_run(original, feeds, library=False))
+        if before_upgrade is not None and _differs(refs[-1], _run(before_upgrade, feeds, False)):
+            raise FuseError(f"the file converted from opset {_opset(before_upgrade)} to "
+                            f"{_MIN_OPSET} gives other numbers")
         gi = GraphIndex(original, _probe(original, feeds))
         indexes.append(gi)
         for a in pending:
@@ -115,6 +132,13 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
         rows.append(ReportRow("(file)", "repaired", text))
     attach_functions(current)
     return current
+
+
+_MIN_OPSET = 17
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
 
 
 def _repair(model: onnx.ModelProto) -> list:
@@ -475,8 +499,8 @@ def fuse_file(path_in: str, path_out: str, report: bool = False) -> str:
     rows = []
     try:
         fused = fuse(model, rows)
-    except FuseError as exc:
-        raise UsageError(f"{path_in}: {exc}") from None
+    except ValueError as exc:  # FuseError, or attach's refusal of the file's opset
+        raise UsageError(f"{path_in}: {str(exc).removeprefix('maskedmha: ')}") from None
     onnx.save(fused, path_out)
     done = sum(r.status == "fused" for r in rows)
     found = sum(r.status != "repaired" for r in rows)
