@@ -22,7 +22,12 @@ What the stock exporters emit (torch 2.13; read from the exports of tests/helper
 - dynamo (``dynamo=True``, opsets 17 (converted from 18)-23): the same dataflow with
   ``Reshape(allowzero=1)`` on shapes computed from ``Shape`` slices, constant scales
   (``Mul(q, D**-0.25)``, ``Mul(k^T, D**-0.25)`` for SDPA, ``Mul(q, D**-0.5)`` for baddbmm),
-  ``Where(kpm, -inf, 0)``, ``Tile``/``Expand(0)`` for bias_kv / zero_attn, ``Pad`` on masks.
+  ``Where(kpm, -inf, 0)``, ``Tile``/``Expand(0)`` for bias_kv / zero_attn, ``Pad`` on masks,
+  ``Split`` of in_proj_weight for cross-attention, the causal mask as ``Where(.., -3.4e38, 0)``,
+  and an output projection without bias when the bias is all zeros.  At opset 23 the SDPA path
+  (need_weights=False) is one ONNX ``Attention(q, k, v, mask)`` on 4-D (B, H, L|S, D) values
+  instead of MatMul/Softmax/MatMul (ORT 1.32 runs it with a (B, H, 1, S) padding mask only
+  when L == 1: such stock files fail at their own export shape; fused, they run).
 
 Why a dataflow reader here and not ``onnxscript.rewriter`` patterns: the exported sequence differs
 in every dimension the op has (mask kind x merge x bias_kv x add_zero_attn x need_weights x
@@ -69,7 +74,7 @@ class Reject(Exception):
 @dataclass
 class Candidate:
     """One Softmax's attention, read from the graph: what the MaskedMHA node needs."""
-    softmax: str                       # name of the Softmax node (for the report)
+    anchor: str                        # the Softmax or Attention node read (for the report)
     query: str
     key: str
     value: str
@@ -570,7 +575,7 @@ def read_candidate(gi: GraphIndex, anchor: onnx.NodeProto) -> Candidate:
             average = False
         else:
             raise Reject(f"attention weights output has shape {list(wshape)}")
-    return Candidate(softmax=anchor.name, query=q, key=k, value=vv, q_transpose=qt,
+    return Candidate(anchor=anchor.name, query=q, key=k, value=vv, q_transpose=qt,
                      k_transpose=kt, v_transpose=vt, weights=w, num_heads=H,
                      add_zero_attn=zero_attn, is_causal=is_causal, output=final,
                      out_transpose=out_transpose, attn_weights=weights_out, average=average,
