@@ -628,19 +628,21 @@ def _unbatch_first(gi: GraphIndex, x: str):
     return x, True
 
 
-def _leads_to_qk(gi: GraphIndex, v: str) -> bool:
-    for _ in range(20):
-        n = gi.producer.get(v)
-        if n is None:
-            return False
-        if n.op_type == "MatMul":
-            return all(gi.data_dependent(i) for i in n.input)
-        if n.op_type in ("Reshape", "Identity", "Squeeze", "Unsqueeze", "Mul", "Div", "Add"):
-            v = n.input[0] if gi.data_dependent(n.input[0]) else n.input[1]
-            if n.op_type == "Add":
-                return _leads_to_qk(gi, n.input[0]) or _leads_to_qk(gi, n.input[1])
-            continue
+def _leads_to_qk(gi: GraphIndex, v: str, depth: int = 0) -> bool:
+    """Whether ``v`` is the scores: a MatMul of two data-dependent values, reached through
+    reshapes, constant scales and mask Adds (the other operand of an Add is a mask)."""
+    n = gi.producer.get(v)
+    if n is None or depth > 20:
         return False
+    if n.op_type == "MatMul":
+        return all(gi.data_dependent(i) for i in n.input)
+    if n.op_type in ("Reshape", "Identity", "Squeeze", "Unsqueeze"):
+        return _leads_to_qk(gi, n.input[0], depth + 1)
+    if n.op_type in ("Mul", "Div"):
+        dd = [i for i in n.input if gi.data_dependent(i)]
+        return len(dd) == 1 and _leads_to_qk(gi, dd[0], depth + 1)
+    if n.op_type == "Add":
+        return any(_leads_to_qk(gi, i, depth + 1) for i in n.input)
     return False
 
 
