@@ -38,16 +38,16 @@ uint64_t Pack(uint64_t epoch, uint64_t front, uint64_t back) {
 uint32_t EpochOf(uint64_t s) { return static_cast<uint32_t>(s >> (2 * kItemBits)); }
 
 // Pause steps a thread waits (a helper for the next phase, the leader for the last items of a
-// phase) before it sleeps on the condition variable: 2000 pauses are ~20-60 us depending on
-// the CPU's pause latency, longer than the leader's serial steps between the phases of a call
-// (a few us), so in a quiet call nobody sleeps.  Why sleep at all (before: spin with
-// sched_yield for as long as it took): on a machine busier than its cores (several sessions,
-// another process), a spinning thread holds a core that the thread it waits for needs, and
-// sched_yield does not give it away under CFS.  Measured with team_ort.cc's change, see there;
-// 200 instead of 2000 measured no better with 4 sessions on 2 cores (throughput against ORT's
-// Attention 0.93 / 0.68 / 0.78 at 1x32 E512, 1x32 E768, 1x128 causal, against 0.92 / 0.78 /
-// 0.85; AMD EPYC Zen 5, benchmarks/concurrency.py).  Not CPU-specific: it bounds a wait in time,
-// and the pause latency (the only CPU-dependent part) varies within the 20-60 us range above.
+// phase) before it sleeps on the condition variable: 2000 pauses are ~10-100 us depending on
+// the CPU's pause latency (~10-140 cycles), longer than the leader's serial steps between the
+// phases of a call (a few us), so in a quiet call nobody sleeps.  Why sleep at all (before:
+// spin with sched_yield for as long as it took): on a machine busier than its cores (several
+// sessions, another process), a spinning thread holds a core that the thread it waits for
+// needs, and sched_yield does not give it away under CFS.  Measured with team_ort.cc's change,
+// see there; 200 instead of 2000 measured no better with 4 sessions on 2 cores (throughput
+// against ORT's Attention 0.93 / 0.68 / 0.78 at 1x32 E512, 1x32 E768, 1x128 causal, against
+// 0.92 / 0.78 / 0.85; AMD EPYC Zen 5, benchmarks/concurrency.py).  Not tuned to one CPU: it
+// bounds a wait in time, and only the pause latency, within the range above, depends on the CPU.
 constexpr unsigned kHelperSpins = 2000;
 
 }  // namespace

@@ -20,8 +20,8 @@ namespace maskedmha {
 
 namespace {
 
-// Pause steps (~20-60 us) a worker waits for the calling thread to lead before leading the call
-// itself (RunTeam).
+// Pause steps (~10-100 us, team.cc) a worker waits for the calling thread to lead before
+// leading the call itself (RunTeam).
 constexpr unsigned kLeadSpins = 2000;
 
 // Runs Parallel tasks on the session's intra-op pool (KernelContext_ParallelFor, ORT API >= 17).
