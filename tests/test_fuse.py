@@ -4,7 +4,6 @@ attention and checked against PyTorch itself -- at the export shape and at two n
 the stock TorchScript file, its sizes baked into Reshapes, fails)."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest

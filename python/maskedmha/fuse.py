@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from .symbolic.attach import attach_functions
 from .symbolic.fuse_match import ANCHORS, GraphIndex, Reject, apply, read_candidate
@@ -81,7 +81,7 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
                        "fallback functions need it), checked to give the same numbers")
     rows = report if report is not None else []
     anchors = [n for n in original.graph.node if n.op_type in ANCHORS]
-    shapes, refs, indexes, read = [], [], [], {}
+    shapes, refs, read = [], [], {}
     search = working_feeds(original) if anchors else iter(())
     # shapes until every anchor reads at one of them (a shape the original runs at only by
     # accident, a baked size that happens to fit, reads as nonsense: skip to the next one)
@@ -98,7 +98,6 @@ def fuse(model: onnx.ModelProto | str, report: list | None = None) -> onnx.Model
             raise FuseError(f"the file converted from opset {_opset(before_upgrade)} to "
                             f"{_MIN_OPSET} gives other numbers")
         gi = GraphIndex(original, _probe(original, feeds))
-        indexes.append(gi)
         for a in pending:
             try:
                 read[a.name] = (read_candidate(gi, a), len(shapes) - 1)

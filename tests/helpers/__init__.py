@@ -8,6 +8,8 @@ write ``from helpers.graphs import make_model``):
   (the fallback and decompose tests);
 - ``cases``: the ``nn.MultiheadAttention`` configurations exported through ``maskedmha.export``;
 - ``exporting``: what the export tests share (exporters, running a saved file every way);
+- ``stock``: files torch.onnx.export writes without maskedmha (the cases, the demo
+  nn.Transformer), cached per process: what the ``maskedmha.fuse`` tests fuse;
 - ``fused_model``: a small fused file built without torch;
 - ``ort_release``: what the installed onnxruntime release reads and runs;
 - ``venv_tools``: the wheel and throw-away venvs for the install tests;
