@@ -55,7 +55,9 @@ class OrtParallel final : public Parallel {
 // is often descheduled right after waking the pool, and the call stalled for that time slice.
 // Measured (AMD EPYC Zen 5, 2 cores, 2 threads, another process spinning on core 0 and other
 // jobs running, one interleaved run, 150 calls): 1x32 E512/8 median 6.11 ms -> 0.47 ms (ORT
-// com.microsoft.Attention 0.61); 1x128 E768/12 causal 16.0 -> 8.4 ms (ORT 4.0).
+// com.microsoft.Attention 0.61); 1x128 E768/12 causal 16.0 -> 8.4 ms (ORT 4.0).  With only the
+// busy process besides, 8x128 E768/12 25 % got 15-25 % slower (open: benchmarks/README.md,
+// "Many sessions and busy cores").
 // The leader's calling-thread buffers (workspace.h) are then the worker's: a worker that leads
 // keeps its own copy of them, so per-call scratch can exist once per pool thread that ever
 // led (only on a busy machine).  If no task led at all (not seen: a worker always leads after
