@@ -19,13 +19,13 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <mutex>
 
 #include "parallel.h"
+#include "sleep_condition.h"
 
 namespace maskedmha {
 
@@ -60,7 +60,7 @@ class TeamParallel final : public Parallel {
   mutable std::atomic<int> sleepers_{0};
   mutable std::atomic<bool> leader_sleeps_{false};  // the leader waits for the last items
   mutable std::mutex mutex_;
-  mutable std::condition_variable wake_;
+  mutable SleepCondition wake_;  // not std::condition_variable: sleep_condition.h
 };
 
 }  // namespace maskedmha

@@ -2,7 +2,6 @@
 #include "team_ort.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <mutex>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

@@ -5,15 +5,18 @@
 // pages; concurrent calls come from different threads and so use different buffers.
 //
 // Which thread's Workspace a buffer is taken from matters, and is written next to each member:
-//  * "calling thread": the thread that runs Compute (it leads the call, team_ort.h).  The phase
+//  * "calling thread": the thread that leads the call and runs its body: the one that called
+//    Compute, or, when that thread is late (a busy machine), the pool worker that leads in its
+//    place (team_ort.cc).  The phase
 //    takes ThisThreadWorkspace() *before* starting parallel tasks; tasks that read the buffer
 //    (they run on pool threads too) use that reference, captured.  Calling ThisThreadWorkspace()
 //    inside a task would give the pool thread's own, empty Workspace instead.
 //  * "each task's thread": per-task scratch.  The task calls ThisThreadWorkspace() itself, on
 //    whichever thread runs it (a pool worker or the calling thread), so tasks running at the same
 //    time never share these.
-// A thread uses only the members of its role(s): a pool worker that never calls Compute leaves
-// the calling-thread members empty, so the memory is what it was with separate thread_locals.
+// A thread uses only the members of its role(s): a pool worker that never leads a call leaves
+// the calling-thread members empty; one that has led a call keeps them (they only grow), so on
+// a busy machine these buffers can exist once per pool thread as well.
 #pragma once
 
 #include <cstdint>
