@@ -17,7 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _best_alt(r):
-    alts = {k: v for k, v in r["alts"].items() if k != "fused" and v.get("status") == "ok"}
+    alts = {k: v for k, v in r["alts"].items()
+            if k not in ("fused", "fused_skip") and v.get("status") == "ok"}
     if not alts:
         return None, None
     name = min(alts, key=lambda k: alts[k]["median_ms"])

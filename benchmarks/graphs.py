@@ -160,6 +160,17 @@ def fused(p: Point, w: Weights) -> onnx.ModelProto:
     return g.model(out, [("com.maskedmha", 1)])
 
 
+def fused_skip(p: Point, w: Weights) -> onnx.ModelProto:
+    """The fused node with skip_padded_queries=1 (opt-in; docs/MaskedMHA.md): padded query rows
+    are not computed and come out 0.  Self-attention with key padding only."""
+    if p.cross or p.pad <= 0:
+        raise NotApplicable("skip_padded_queries needs self-attention with a key padding mask")
+    model = fused(p, w)
+    node = next(n for n in model.graph.node if n.op_type == "MaskedMHA")
+    node.attribute.append(helper.make_attribute("skip_padded_queries", 1))
+    return model
+
+
 def ort_attention(p: Point, w: Weights) -> onnx.ModelProto:
     """com.microsoft.Attention (packed QKV projection inside) + MatMul/Add output projection.
     mask_index int32 1 = keep: (B, S) for padding, (B, L, S) when a random mask is combined in."""
@@ -238,5 +249,5 @@ def decomposed(p: Point, w: Weights) -> onnx.ModelProto:
     return maskedmha.decompose(fused(p, w))
 
 
-BUILDERS = {"fused": fused, "decomposed": decomposed, "ort_attention": ort_attention,
+BUILDERS = {"fused": fused, "fused_skip": fused_skip, "decomposed": decomposed, "ort_attention": ort_attention,
             "ort_mha": ort_mha, "onnx_attention": onnx_attention}

@@ -7,7 +7,7 @@ import os
 
 from alternatives import ALTERNATIVES
 
-SHORT = {"fused": "fused", "decomposed": "decomp", "ort_attention": "ort_attn", "ort_mha": "ort_mha",
+SHORT = {"fused": "fused", "fused_skip": "f.skip", "decomposed": "decomp", "ort_attention": "ort_attn", "ort_mha": "ort_mha",
          "onnx_attention": "onnx_attn", "openvino": "openvino", "torch_compile": "t.compile",
          "torch": "torch"}
 

@@ -78,7 +78,7 @@ def prepare(p: Point, alts, w, feeds, threads, spin):
             if name not in A.TORCH_BASED:
                 models[name] = A.model_for(name, p, w)
             runner = A.make_runner(name, p, w, feeds, threads, spin, models.get(name))
-            ok, abs_diff, rel = A.check(runner(), ref)
+            ok, abs_diff, rel = A.check(runner(), A.expected(name, ref, feeds))
         except graphs.NotApplicable as exc:
             res[name] = {"status": "n/a", "note": str(exc)}
             continue
@@ -105,7 +105,7 @@ def measure_memory(p, w, feeds, models, res, threads, library):
             if name in A.NO_MEMORY_CHILD:
                 r["peak_mb_error"] = "not measured (no memory child for this alternative)"
                 continue
-            m = memory.measure(d, name, threads, library=library if name == "fused" else None)
+            m = memory.measure(d, name, threads, library=library if name in A.OURS else None)
             if "error" in m:
                 r["peak_mb_error"] = m["error"]
             else:
@@ -127,7 +127,7 @@ def bench_point(p: Point, args, peak: float, library) -> dict:
     del runners
     gc.collect()
     out = {"point": p.as_dict(), "flops": p.flops, "alts": res, "best_alt": None, "speedup": None}
-    others = {a: r["median_ms"] for a, r in res.items() if a != "fused" and r["status"] == "ok"}
+    others = {a: r["median_ms"] for a, r in res.items() if a not in A.OURS and r["status"] == "ok"}
     if others:
         best = min(others, key=others.get)
         out["best_alt"] = best
