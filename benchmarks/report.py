@@ -5,7 +5,11 @@ import json
 import math
 import os
 
-from alternatives import ALTERNATIVES
+from alternatives import ALTERNATIVES, OPT_IN
+
+# Every column a report can have, in order: fused, then the opt-in variants of our kernel, then
+# the others.
+COLUMNS = ALTERNATIVES[:1] + OPT_IN + ALTERNATIVES[1:]
 
 SHORT = {"fused": "fused", "fused_skip": "f.skip", "decomposed": "decomp", "ort_attention": "ort_attn", "ort_mha": "ort_mha",
          "onnx_attention": "onnx_attn", "openvino": "openvino", "torch_compile": "t.compile",
@@ -51,7 +55,7 @@ def write_json(path: str, meta: dict, results: list) -> None:
 
 
 def markdown(meta: dict, results: list) -> str:
-    alts = [a for a in ALTERNATIVES if a in meta["alternatives"]]
+    alts = [a for a in COLUMNS if a in meta["alternatives"]]
     peak = meta["sgemm_peak_gflops"]
     out = [f"Run {meta['date']} · CPU {meta.get('cpu', '?')}, fused kernel ISA {meta.get('kernel_isa', '?')} · "
            f"commit {meta['commit']} (kernel library built {meta.get('library_mtime')}) · {meta['threads']} threads · grid "
@@ -119,8 +123,8 @@ def plot(path: str, meta: dict, results: list) -> None:
     import matplotlib.ticker
     import numpy as np
 
-    colors = {a: f"C{i}" for i, a in enumerate(ALTERNATIVES)}
-    others = [a for a in ALTERNATIVES if a != "fused" and a in meta["alternatives"]]
+    colors = {a: f"C{i}" for i, a in enumerate(COLUMNS)}
+    others = [a for a in COLUMNS if a != "fused" and a in meta["alternatives"]]
     labels = [r["point"]["label"] for r in results]
     x = np.arange(len(results))
     w = 0.8 / max(len(others), 1)
