@@ -10,6 +10,8 @@
 //    ("compaction"): their softmax weight is exactly 0, so cost follows the number of valid
 //    tokens.  This is skipped when a float attn_mask holds NaN or +inf, which could turn a hidden
 //    key into NaN (IEEE: -inf + NaN) and must then be computed like PyTorch does.
+//  * A float key_padding_mask whose values are all 0 or -inf is that bool mask (canon(), spec)
+//    and takes the bool route, compaction included; nn.TransformerEncoder passes such masks.
 //  * Bool masks become additive 0 / -inf float masks once; float masks are used in place.
 //  * Variable-length mode (sequence_offsets): query / key / value are T token rows of B
 //    sequences; the projections run over the T rows (one GEMM for self-attention), attention per
@@ -94,11 +96,36 @@ void BoolToAdditive(const bool* m, size_t n, float* out, const Parallel& par) {
   });
 }
 
+// If every value of the float key_padding_mask m (n values) is 0 or -inf, writes it as a bool
+// mask (true where -inf) into out and returns true.  Such a mask is canon() of that bool mask
+// (docs/MaskedMHA.md), so the scores, and fully masked rows (defined on the -inf scores whatever
+// the mask type), are the same: the bool route (compaction) applies to it.  nn.TransformerEncoder
+// layers hand their attention exactly such a mask.  -0.0 counts as 0 (x + -0.0 == x).
+bool FloatMaskAsBool(const float* m, size_t n, bool* out, const Parallel& par) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::atomic<bool> ok{true};
+  ForChunks(par, n, size_t{1} << 15, [&](size_t i0, size_t i1) {
+    bool f = true;
+    for (size_t i = i0; i < i1; ++i) {
+      f &= m[i] == 0.0f || m[i] == ninf;
+      out[i] = m[i] == ninf;
+    }
+    if (!f) ok.store(false, std::memory_order_relaxed);
+  });
+  return ok.load();
+}
+
 // Step 1: a bool attn_mask turned additive (into sc.am, the calling thread's workspace); a
 // float one used in place.
 Masks PrepareMasks(const Problem& p, const KernelInputs& in, Workspace& sc, const Parallel& par) {
   Masks m;
-  if (p.kpm == MaskKind::kBool) m.kpm_bool = in.Bool(kKeyPaddingMask);
+  if (p.kpm == MaskKind::kBool) {
+    m.kpm_bool = in.Bool(kKeyPaddingMask);
+  } else if (p.kpm == MaskKind::kFloat && p.B * p.S > 0) {
+    const size_t n = static_cast<size_t>(p.B * p.S);
+    bool* buf = sc.kpm_from_float.resize(n);
+    if (FloatMaskAsBool(in.Float(kKeyPaddingMask), n, buf, par)) m.kpm_bool = buf;
+  }
   m.attn_mask_n = static_cast<size_t>((p.attn_mask_3d ? p.B * p.H : 1) * p.L * p.S);
   if (p.attn_mask == MaskKind::kBool) {
     float* buf = sc.am.resize(m.attn_mask_n);
@@ -132,9 +159,9 @@ bool HiddenRowsFinite(const Problem& p, const bool* kpm_bool, const float* key, 
   return ok.load();
 }
 
-// Step 2: whether the keys a bool key_padding_mask hides are dropped (compaction); if so, the
-// kept keys of each item in sc.kv_offset / sc.key_index, otherwise the key_padding_mask made
-// additive in m->kpm.  Returns whether the keys are compacted.
+// Step 2: whether the keys a bool key_padding_mask (or a float one of only 0 / -inf, Step 1)
+// hides are dropped (compaction); if so, the kept keys of each item in sc.kv_offset /
+// sc.key_index, otherwise the key_padding_mask made additive in m->kpm (a float one in place).  Returns whether the keys are compacted.
 bool PlanCompaction(const Problem& p, const KernelInputs& in, Masks* m, Workspace& sc,
                     const Parallel& par) {
   const int64_t B = p.B, S = p.S;
@@ -142,11 +169,11 @@ bool PlanCompaction(const Problem& p, const KernelInputs& in, Masks* m, Workspac
       m->kpm_bool && S > 0 &&
       !(p.attn_mask == MaskKind::kFloat && HasNanOrPosInf(m->attn_mask, m->attn_mask_n, par)) &&
       HiddenRowsFinite(p, m->kpm_bool, in.Float(kKey), in.Float(kValue), par);
-  if (m->kpm_bool && !compact) {
+  if (m->kpm_bool && !compact && p.kpm == MaskKind::kBool) {
     float* buf = sc.kpm.resize(static_cast<size_t>(B * S));
     BoolToAdditive(m->kpm_bool, static_cast<size_t>(B * S), buf, par);
     m->kpm = buf;
-  } else if (p.kpm == MaskKind::kFloat) {
+  } else if (p.kpm == MaskKind::kFloat && !compact) {
     m->kpm = in.Float(kKeyPaddingMask);
   }
   if (!compact) return false;

@@ -19,7 +19,9 @@
 // a busy machine these buffers can exist once per pool thread as well.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "aligned.h"
@@ -27,12 +29,29 @@
 
 namespace maskedmha {
 
+// A bool array that only grows (std::vector<bool> is not an array of bool).
+class BoolBuffer {
+ public:
+  bool* resize(size_t n) {
+    if (n > cap_) {
+      data_.reset(new bool[n]);
+      cap_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<bool[]> data_;
+  size_t cap_ = 0;
+};
+
 struct Workspace {
   // ---- calling thread ----
 
   // kernel.cc: masks and key compaction.
   Buffer kpm;                      // a bool key_padding_mask made additive (B*S), not compacted
   Buffer am;                       // a bool attn_mask made additive (its size)
+  BoolBuffer kpm_from_float;       // a float key_padding_mask of only 0 / -inf as bool (B*S)
   std::vector<int64_t> kv_offset;  // compaction: B + 1 offsets into key_index
   std::vector<int64_t> key_index;  // compaction: original position of each kept key
 
