@@ -125,3 +125,14 @@ def test_other_float_values_keep_the_additive_path(other):
     if np.isnan(other):
         assert np.isnan(ref[2]).all()
     assert_close(out, ref)
+
+
+@pytest.mark.parametrize("D", [16, 20, 48, 52])
+def test_head_dims_off_the_register_chunk_match_pytorch(D):
+    """Head dims that are not a whole number of P·V register chunks (32 floats under AVX-512):
+    the one-vector tile for the whole vectors left, then the scalar tail (attention.cc)."""
+    B, L, H = 3, 40, 2
+    feeds = as_zero_ninf(make_feeds(B, L, L, D * H, H, seed=D, kpm="bool"))
+    (out,) = run(feeds, H)
+    ref, _ = torch_reference(feeds, H)
+    assert_close(out, ref)
