@@ -74,7 +74,7 @@ set +e
     "$ROOT/tests/test_kernel.py" "$ROOT/tests/test_kernel_errors.py" "$ROOT/tests/test_attributes.py" "$ROOT/tests/test_bad_inputs.py" \
     "$ROOT/tests/test_shape_inference.py" "$ROOT/tests/test_library.py" \
     "$ROOT/tests/test_configs.py" "$ROOT/tests/test_concurrency.py" "$ROOT/tests/test_team.py" \
-    "$ROOT/tests/test_kernel_varlen.py" "$ROOT/tests/test_kernel_skip_queries.py" \
+    "$ROOT/tests/test_kernel_varlen.py" "$ROOT/tests/test_kernel_skip_queries.py" "$ROOT/tests/test_kernel_float_mask_compaction.py" \
     -k "not exported" "$@" ) >"$LOG" 2>&1
 rc=$?
 set -e
