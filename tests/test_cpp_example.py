@@ -13,6 +13,7 @@ import onnxruntime
 import pytest
 import maskedmha
 
+from helpers.cpp_output import parse_outputs
 from helpers.graphs import make_model
 from helpers.reference import make_feeds, torch_reference
 
@@ -57,22 +58,6 @@ def example_binary(tmp_path_factory):
     return str(exe)
 
 
-def _parse(stdout: str) -> dict:
-    outs, name, shape, vals = {}, None, None, []
-    for line in stdout.splitlines():
-        if line.startswith("output "):
-            if name is not None:
-                outs[name] = np.array(vals, np.float32).reshape(shape)
-            _, name, _, dims = line.split()
-            shape = [int(d) for d in dims.strip("[]").split(",") if d]
-            vals = []
-        else:
-            vals.append(float(line))
-    if name is not None:
-        outs[name] = np.array(vals, np.float32).reshape(shape)
-    return outs
-
-
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_cpp_example_matches_pytorch(example_binary, tmp_path, need_weights):
     B, L, S, E, H = 2, 5, 7, 16, 4
@@ -86,7 +71,7 @@ def test_cpp_example_matches_pytorch(example_binary, tmp_path, need_weights):
         args.append(f"{name}={path}")
     res = subprocess.run(args, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    outs = _parse(res.stdout)
+    outs = parse_outputs(res.stdout)
     ref, ref_w = torch_reference(feeds, H, need_weights=need_weights)
     assert set(outs) == ({"output", "attn_weights"} if need_weights else {"output"})
     np.testing.assert_allclose(outs["output"], ref, rtol=1e-5, atol=1e-5)
@@ -132,6 +117,6 @@ def test_readme_commands_work_as_written(tmp_path):
     res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    outs = _parse(res.stdout.split("expected_output.npy\n", 1)[1])
+    outs = parse_outputs(res.stdout.split("expected_output.npy\n", 1)[1])
     expected = np.load(os.path.join(work, "expected_output.npy"))
     np.testing.assert_allclose(outs["output"], expected, rtol=2e-5, atol=2e-5)

@@ -21,6 +21,7 @@ import maskedmha
 from maskedmha import bpe
 from maskedmha.text import TextEncoder, export_text_model
 
+from helpers.cpp_output import parse_outputs
 from helpers.fused_model import fused_model
 from helpers.reference import no_fastpath
 
@@ -85,22 +86,6 @@ def text_model(tmp_path_factory):
     return path, model, tok
 
 
-def _parse(stdout: str) -> dict:
-    outs, name, shape, vals = {}, None, None, []
-    for line in stdout.splitlines():
-        if line.startswith("output "):
-            if name is not None:
-                outs[name] = np.array(vals, np.float32).reshape(shape)
-            _, name, _, dims = line.split()
-            shape = [int(d) for d in dims.strip("[]").split(",") if d]
-            vals = []
-        else:
-            vals.append(float(line))
-    if name is not None:
-        outs[name] = np.array(vals, np.float32).reshape(shape)
-    return outs
-
-
 def _program(build_dir, model, *texts, preload=True, extensions=None):
     args = [str(build_dir / "maskedmha_text_example")]
     if preload:
@@ -113,7 +98,7 @@ def test_cpp_text_example_matches_pytorch(build_dir, text_model):
     path, model, tok = text_model
     res = _program(build_dir, path, *TEXTS)
     assert res.returncode == 0, res.stderr
-    got = _parse(res.stdout)["embeddings"]
+    got = parse_outputs(res.stdout)["embeddings"]
     ids, pad = tok.batch(TEXTS, MAX_POSITIONS)
     with no_fastpath(), torch.no_grad():
         want = model(torch.from_numpy(ids), torch.from_numpy(pad)).numpy()
@@ -159,7 +144,7 @@ def test_readme_text_commands_work_as_written(build_dir):
     res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    got = _parse(res.stdout.split("expected_output.npy\n", 1)[1])["embeddings"]
+    got = parse_outputs(res.stdout.split("expected_output.npy\n", 1)[1])["embeddings"]
     want = np.load(os.path.join(build_dir, "expected_output.npy"))
     assert got.shape == want.shape == (3, 64)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)

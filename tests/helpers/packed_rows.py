@@ -3,11 +3,11 @@
 on each sequence alone, as docs/MaskedMHA.md defines the mode."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .reference import add_weights
 
 
 def packed_feeds(lengths, E, *, kdim=None, vdim=None, bias=True, bias_kv=False, self_attn=False,
@@ -25,19 +25,7 @@ def packed_feeds(lengths, E, *, kdim=None, vdim=None, bias=True, bias_kv=False, 
         feeds["key"] = feeds["value"] = feeds["query"]
     else:
         feeds["key"], feeds["value"] = f(T, kd), f(T, vd)
-    scale = 1.0 / math.sqrt(max(E, 1))
-    if separate:
-        feeds["in_proj_weight"] = f(E, E) * scale
-        feeds["k_proj_weight"] = f(E, kd) / math.sqrt(kd)
-        feeds["v_proj_weight"] = f(E, vd) / math.sqrt(vd)
-    else:
-        feeds["in_proj_weight"] = f(3 * E, E) * scale
-    feeds["out_proj_weight"] = f(E, E) * scale
-    if bias:
-        feeds["in_proj_bias"] = f(3 * E) * 0.1
-        feeds["out_proj_bias"] = f(E) * 0.1
-    if bias_kv:
-        feeds["bias_k"], feeds["bias_v"] = f(E), f(E)
+    add_weights(feeds, f, E, kd, vd, separate=separate, bias=bias, bias_kv=bias_kv)
     feeds["sequence_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return feeds
 

@@ -25,6 +25,25 @@ def no_fastpath():
         torch.backends.mha.set_fastpath_enabled(old)
 
 
+def add_weights(feeds: dict, f, E, kd, vd, *, separate, bias, bias_kv) -> None:
+    """The op's weight and bias inputs into ``feeds``, drawn from ``f(*shape)`` in a fixed order
+    (tests seed it), scaled so activations stay O(1): packed (3E, E) or separate projections,
+    optional biases and bias_k/bias_v."""
+    scale = 1.0 / math.sqrt(max(E, 1))
+    if separate:
+        feeds["in_proj_weight"] = f(E, E) * scale
+        feeds["k_proj_weight"] = f(E, kd) / math.sqrt(kd)
+        feeds["v_proj_weight"] = f(E, vd) / math.sqrt(vd)
+    else:
+        feeds["in_proj_weight"] = f(3 * E, E) * scale
+    feeds["out_proj_weight"] = f(E, E) * scale
+    if bias:
+        feeds["in_proj_bias"] = f(3 * E) * 0.1
+        feeds["out_proj_bias"] = f(E) * 0.1
+    if bias_kv:
+        feeds["bias_k"], feeds["bias_v"] = f(E), f(E)
+
+
 def make_feeds(B, L, S, E, H, *, seed=0, self_attn=False, kdim=None, vdim=None, bias=True,
                bias_kv=False, kpm=None, attn_mask=None, pad_frac=0.3):
     """Random inputs in the op's layout.  kpm: None|"bool"|"float"; attn_mask: None|"bool2"|
@@ -40,19 +59,7 @@ def make_feeds(B, L, S, E, H, *, seed=0, self_attn=False, kdim=None, vdim=None, 
         feeds["key"] = feeds["value"] = feeds["query"]
     else:
         feeds["key"], feeds["value"] = f(B, S, kd), f(B, S, vd)
-    scale = 1.0 / math.sqrt(max(E, 1))
-    if separate:
-        feeds["in_proj_weight"] = f(E, E) * scale
-        feeds["k_proj_weight"] = f(E, kd) / math.sqrt(kd)
-        feeds["v_proj_weight"] = f(E, vd) / math.sqrt(vd)
-    else:
-        feeds["in_proj_weight"] = f(3 * E, E) * scale
-    feeds["out_proj_weight"] = f(E, E) * scale
-    if bias:
-        feeds["in_proj_bias"] = f(3 * E) * 0.1
-        feeds["out_proj_bias"] = f(E) * 0.1
-    if bias_kv:
-        feeds["bias_k"], feeds["bias_v"] = f(E), f(E)
+    add_weights(feeds, f, E, kd, vd, separate=separate, bias=bias, bias_kv=bias_kv)
     if kpm is not None:
         pad = rng.random((B, S)) < pad_frac
         pad[:, :1] = False  # keep at least one key per item (fully masked rows tested separately)
