@@ -27,24 +27,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"maskedmha: {sub}{message} (see `{self.prog} --help`)\n")
 
 
-def _at_least_1(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(minimum: int, bound_text: str):
+    """An argparse type: a whole number >= minimum, else one line saying ``bound_text``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{bound_text}, got {value}")
+        return value
+    return parse
 
 
-def _at_least_0(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_at_least_1 = _whole_number(1, "must be at least 1")
+_at_least_0 = _whole_number(0, "must be 0 or more")
 
 
 def _size(text: str) -> tuple[str, int]:
