@@ -62,7 +62,7 @@ def markdown(meta: dict, results: list) -> str:
            f"`{meta['grid']}` · onnxruntime {meta['onnxruntime']} · torch {meta['torch']} · "
            f"ORT spinning {'on' if meta.get('spin') else 'off'} · {meta.get('budget_s')} s of timed runs per point · "
            f"fp32 sgemm peak {peak:.0f} GFLOP/s (torch.mm 2048², best over the run: 5 before, 3 before each point, 5 after; same threads)"
-           + (f" · **fused and torch limited to {meta['isa']}** (`--isa`; ORT's ops, if listed, use the CPU's best)"
+           + (f" · **fused and torch limited to {meta['isa']}** (`--isa`; ORT's ops and OpenVINO, if listed, use the CPU's best: both run MLAS)"
               if meta.get("isa") else ""), ""]
     out += ["**Median latency (ms)**, interleaved (every round in a new shuffled order) on the same inputs; speed-up = best "
             "alternative's ms / fused ms (> 1: fused is faster).", ""]

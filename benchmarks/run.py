@@ -24,10 +24,13 @@ if "--spin" not in sys.argv:
 # --isa lowers the instruction set of the fused kernel (MASKEDMHA_ISA) and of PyTorch (MKL and
 # ATen's own kernels) to what a CPU without AVX-512 has, so the portable paths can be measured on
 # this machine.  ORT's MLAS has no such switch: its alternatives keep the CPU's best ISA, hence
-# --isa times fused and torch only unless --alternatives says otherwise.  Read before torch is
-# imported (both libraries read their variable once).
+# --isa times fused and torch only unless --alternatives says otherwise.  Neither is OpenVINO
+# limited: its f32 FullyConnected runs MLAS too (compiled primitive `gemm_mlas_f32`; with
+# ONEDNN_MAX_CPU_ISA=AVX2 a 1024x768 . 768x2304 Linear ran at 466 GFLOP/s on 2 threads of an
+# AMD EPYC whose AVX2 FMA peak is 248).  Read before torch is imported (both libraries read their
+# variable once).
 ISA_ENV = {
-    # ONEDNN_MAX_CPU_ISA: oneDNN's cap, which OpenVINO's CPU plugin is built on.
+    # ONEDNN_MAX_CPU_ISA: oneDNN's cap (OpenVINO's other primitives; not its MLAS projections).
     "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
 }
