@@ -3,6 +3,7 @@ once (each with its own intra-op pool of --threads threads, as a server runs one
 model instance), and one session while another process keeps one core busy.
 
     python benchmarks/concurrency.py [--sessions 1,2,4] [--threads 2] [--rounds 12] [--out DIR]
+                                     [--library NAME=PATH ...]
 
 Each session runs in its own process (spawned).  A C++ server (Triton's onnxruntime backend)
 would host its model instances as threads of one process, each with its own intra-op pool: the
@@ -17,6 +18,8 @@ latency over all rounds and sessions -> median; ratio = ORT Attention median / f
 (> 1: fused faster).  Both alternatives are checked against float64 PyTorch first.  The busy
 core is a child process spinning in a loop pinned to core 0 (started for the 'busy' rows only,
 ended by its pid).  Pools do not spin between calls (allow_spinning = 0), as in run.py.
+--library NAME=PATH adds another build of the library as alternative NAME (the fused model on
+sessions that register PATH), timed in the same rounds: old and new builds side by side.
 Writes DIR/latest.json and DIR/latest.md.
 """
 from __future__ import annotations
@@ -61,10 +64,11 @@ def start_busy_core() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
 
 
-def _worker(model_bytes: dict, feeds: dict, threads: int, library: str, barrier, conn) -> None:
-    """One session per alternative in this process; on ("run", name, calls) waits at the
-    barrier with the other workers, then makes `calls` calls and sends back their ms."""
-    runners = {name: A.OrtRunner(m, feeds, threads, False, library if name == "fused" else None)
+def _worker(model_bytes: dict, feeds: dict, threads: int, libraries: dict, barrier, conn) -> None:
+    """One session per alternative in this process (libraries: alternative -> the custom-op
+    library its session registers); on ("run", name, calls) waits at the barrier with the other
+    workers, then makes `calls` calls and sends back their ms."""
+    runners = {name: A.OrtRunner(m, feeds, threads, False, libraries.get(name))
                for name, m in model_bytes.items()}
     conn.send({name: r() for name, r in runners.items()})  # first call (packing, pool start)
     while True:
@@ -85,14 +89,15 @@ class Sessions:
     """n_sessions processes, each holding one session of every alternative (spawned, not forked:
     this process has ORT and torch threads running)."""
 
-    def __init__(self, n_sessions: int, model_bytes: dict, feeds: dict, threads: int):
+    def __init__(self, n_sessions: int, model_bytes: dict, feeds: dict, threads: int,
+                 libraries: dict):
         ctx = mp.get_context("spawn")
         self.barrier = ctx.Barrier(n_sessions)
         self.conns, self.procs = [], []
         for _ in range(n_sessions):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, daemon=True,
-                               args=(model_bytes, feeds, threads, A.library_path(), self.barrier, child))
+                               args=(model_bytes, feeds, threads, libraries, self.barrier, child))
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -113,20 +118,26 @@ class Sessions:
             proc.join(timeout=30)
 
 
-def measure(p: Point, n_sessions: int, threads: int, rounds: int, calls: int, seed: int) -> dict:
+def measure(p: Point, n_sessions: int, threads: int, rounds: int, calls: int, seed: int,
+            extra: dict | None = None) -> dict:
     """One point under n_sessions concurrent sessions: per alternative median / mean / p90 latency,
-    calls per second (all sessions together), and the check against PyTorch."""
+    calls per second (all sessions together), and the check against PyTorch.  extra: more builds
+    of the library, name -> path, run as the fused model."""
+    extra = extra or {}
+    alts = (*ALTS, *extra)
     w, feeds = graphs.make_weights(p.E, seed=seed), graphs.make_inputs(p, seed=seed + 1)
     ref = A.reference(p, w, feeds)
-    models = {name: A.model_for(name, p, w).SerializeToString() for name in ALTS}
-    sessions = Sessions(n_sessions, models, feeds, threads)
+    models = {name: A.model_for("fused" if name in extra else name, p, w).SerializeToString()
+              for name in alts}
+    libraries = {"fused": A.library_path(), **extra}
+    sessions = Sessions(n_sessions, models, feeds, threads, libraries)
     try:
         out = {}
-        for name in ALTS:
+        for name in alts:
             checks = [A.check(first[name], ref) for first in sessions.first_outputs]
             out[name] = {"status": "ok" if all(c[0] for c in checks) else "FAIL",
                          "rel_diff": max(c[2] for c in checks)}
-        ok = [name for name in ALTS if out[name]["status"] == "ok"]
+        ok = [name for name in alts if out[name]["status"] == "ok"]
         lat = {k: [] for k in ok}
         wall = {k: 0.0 for k in ok}
         rng = random.Random(seed)
@@ -143,9 +154,12 @@ def measure(p: Point, n_sessions: int, threads: int, rounds: int, calls: int, se
         out[name].update({"median_ms": statistics.median(lat[name]), "p90_ms": q[8],
                           "mean_ms": statistics.fmean(lat[name]),
                           "calls_per_s": len(lat[name]) / wall[name], "calls": len(lat[name])})
-    if all(out[a]["status"] == "ok" for a in ALTS):
-        out["ratio"] = out["ort_attention"]["median_ms"] / out["fused"]["median_ms"]
-        out["throughput_ratio"] = out["fused"]["calls_per_s"] / out["ort_attention"]["calls_per_s"]
+    for name in ("fused", *extra):
+        if out[name]["status"] == "ok" and out["ort_attention"]["status"] == "ok":
+            suffix = "" if name == "fused" else f"_{name}"
+            out["ratio" + suffix] = out["ort_attention"]["median_ms"] / out[name]["median_ms"]
+            out["throughput_ratio" + suffix] = (out[name]["calls_per_s"]
+                                                / out["ort_attention"]["calls_per_s"])
     return out
 
 
@@ -154,22 +168,31 @@ def calls_for(p: Point) -> int:
     return max(2, min(40, int(2e9 / p.flops)))
 
 
-def markdown(meta: dict, rows: list[dict]) -> str:
+def markdown(meta: dict, rows: list[dict], extra: tuple = ()) -> str:
     out = [f"Run {meta['date']} · CPU {meta['cpu']} ({meta['cores']} cores), fused kernel ISA "
            f"{meta['kernel_isa']} · onnxruntime {meta['onnxruntime']} · {meta['threads']} intra-op "
            f"threads per session, no spinning · {meta['rounds']} rounds", "",
            "Per-call latency (ms) with N sessions calling at once (one process each): median (mean, "
            "p90); ratio = ORT Attention median / fused median (> 1: fused faster); throughput ratio = "
            "fused calls/s / ORT calls/s over whole rounds (follows the mean: the tails count). busy: "
-           "another process spins on core 0.", "",
-           "| point | sessions | fused ms | ort_attention ms | ratio | throughput ratio |",
-           "|---|---|---:|---:|---:|---:|"]
+           "another process spins on core 0."
+           + "".join(f" {e}: another build of the library (`--library`), its ratios likewise."
+                     for e in extra), "",
+           "| point | sessions | fused ms | ort_attention ms | ratio | throughput ratio |"
+           + "".join(f" {e} ms | {e} ratio | {e} throughput ratio |" for e in extra),
+           "|---|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(extra)]
+    cell = lambda x: (f"{x['median_ms']:.3f} ({x['mean_ms']:.3f}, {x['p90_ms']:.3f})"  # noqa: E731
+                      if "median_ms" in x else x["status"])
+    nan = float("nan")
     for r in rows:
-        f, o = r["res"]["fused"], r["res"]["ort_attention"]
-        cell = lambda x: (f"{x['median_ms']:.3f} ({x['mean_ms']:.3f}, {x['p90_ms']:.3f})"  # noqa: E731
-                          if "median_ms" in x else x["status"])
-        out.append(f"| {r['point']} | {r['config']} | {cell(f)} | {cell(o)} | "
-                   f"{r['res'].get('ratio', float('nan')):.2f} | {r['res'].get('throughput_ratio', float('nan')):.2f} |")
+        res = r["res"]
+        f, o = res["fused"], res["ort_attention"]
+        line = (f"| {r['point']} | {r['config']} | {cell(f)} | {cell(o)} | "
+                f"{res.get('ratio', nan):.2f} | {res.get('throughput_ratio', nan):.2f} |")
+        for e in extra:
+            line += (f" {cell(res[e])} | {res.get('ratio_' + e, nan):.2f} | "
+                     f"{res.get('throughput_ratio_' + e, nan):.2f} |")
+        out.append(line)
     return "\n".join(out) + "\n"
 
 
@@ -184,7 +207,15 @@ def main(argv=None) -> int:
     ap.add_argument("--filter", default="", help="only points whose label contains this text")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "concurrency"))
+    ap.add_argument("--library", action="append", default=[], metavar="NAME=PATH",
+                    help="another build of the library, timed as alternative NAME (repeatable)")
     args = ap.parse_args(argv)
+    extra = {}
+    for item in args.library:
+        name, sep, path = item.partition("=")
+        if not sep or not name or name in ALTS or name in extra or not os.path.isfile(path):
+            ap.error(f"--library {item!r}: expected NAME=PATH with a new NAME and an existing file")
+        extra[name] = os.path.abspath(path)
     counts = [int(x) for x in args.sessions.split(",") if x.strip()]
     configs = [(n, False) for n in counts] + ([(1, True), (max(counts), True)] if args.busy else [])
     from run import _cpu_model, _kernel_isa
@@ -202,21 +233,23 @@ def main(argv=None) -> int:
             for p in POINTS[args.points]:
                 if args.filter not in p.label:
                     continue
-                res = measure(p, n, args.threads, args.rounds, args.calls or calls_for(p), args.seed)
+                res = measure(p, n, args.threads, args.rounds, args.calls or calls_for(p), args.seed,
+                              extra)
                 config = f"{n}{' + busy core' if is_busy else ''}"
                 rows.append({"point": p.label, "sessions": n, "busy": is_busy, "config": config, "res": res})
                 print(f"{p.label:<36} {config:<14} ratio {res.get('ratio', float('nan')):.2f}  "
-                      + "  ".join(f"{a} {res[a].get('median_ms', float('nan')):.3f} ms" for a in ALTS), flush=True)
+                      + "  ".join(f"{a} {res[a].get('median_ms', float('nan')):.3f} ms"
+                                  for a in (*ALTS, *extra)), flush=True)
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
     with open(os.path.join(args.out, "latest.json"), "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=1)
+        json.dump({"meta": {**meta, "libraries": extra}, "results": rows}, f, indent=1)
     with open(os.path.join(args.out, "latest.md"), "w") as f:
-        f.write(markdown(meta, rows))
+        f.write(markdown(meta, rows, tuple(extra)))
     print(f"wrote {args.out}/latest.json, latest.md")
-    fails = [r["point"] for r in rows if any(r["res"][a]["status"] != "ok" for a in ALTS)]
+    fails = [r["point"] for r in rows if any(r["res"][a]["status"] != "ok" for a in (*ALTS, *extra))]
     return 1 if fails else 0
 
 

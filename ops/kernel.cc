@@ -189,12 +189,32 @@ bool PlanCompaction(const Problem& p, const KernelInputs& in, Masks* m, Workspac
   return true;
 }
 
+// A call's size for TeamPolicy, which compares calls of one node: elements of query, key and
+// value times the last dimension of query (the projections' arithmetic, up to a factor).  0 when
+// an input is missing or not a tensor: Run then refuses the call anyway.
+double WorkEstimate(const Ort::KernelContext& ctx) {
+  if (ctx.GetInputCount() < 3) return 0.0;
+  double elements = 0.0, width = 0.0;
+  for (int i : {kQuery, kKey, kValue}) {
+    const Ort::ConstValue v = ctx.GetInput(i);
+    if (!v || !v.IsTensor()) return 0.0;
+    const std::vector<int64_t> shape = v.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty()) return 0.0;
+    double n = 1.0;
+    for (int64_t d : shape) n *= static_cast<double>(d);
+    elements += n;
+    if (i == kQuery) width = static_cast<double>(shape.back());
+  }
+  return elements * width;
+}
+
 }  // namespace
 
 OrtStatusPtr MaskedMHAKernel::ComputeV2(OrtKernelContext* context) {
   try {
     Ort::KernelContext ctx(context);
-    RunTeam(ctx, [&](const Parallel& par) { Run(ctx, par); });
+    RunTeamOrSolo(ctx, team_policy_, [&] { return WorkEstimate(ctx); },
+                  [&](const Parallel& par) { Run(ctx, par); });
     return nullptr;
   } catch (...) {
     return CurrentStatus(Ort::GetApi());

@@ -13,6 +13,7 @@
 #include "gemm.h"
 #include "parallel.h"
 #include "schema.h"
+#include "team_policy.h"
 #include "validate.h"
 
 namespace maskedmha {
@@ -48,6 +49,7 @@ struct MaskedMHAKernel {
 
   Attributes attrs_;
   std::vector<const float*> constant_;
+  TeamPolicy team_policy_;  // team or solo per call (team_policy.h)
   std::mutex cache_mutex_;
   std::map<std::tuple<int, size_t, size_t, size_t>, PackedWeight> cache_;
 };

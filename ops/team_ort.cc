@@ -6,6 +6,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+#include <cstdio>
 #include <cstdlib>
 #include <atomic>
 #include <chrono>
@@ -41,6 +42,14 @@ class OrtParallel final : public Parallel {
 
  private:
   const Ort::KernelContext& ctx_;
+};
+
+// The calling thread alone: no pool section, no worker woken.
+class SerialParallel final : public Parallel {
+ public:
+  void For(size_t n, const std::function<void(size_t)>& fn) const override {
+    for (size_t i = 0; i < n; ++i) fn(i);
+  }
 };
 
 }  // namespace
@@ -105,6 +114,24 @@ void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Paral
   if (!r.led.load()) body(OrtParallel(ctx));
   // Ort::Exception carries the code, and ComputeV2 maps it back unchanged.
   if (r.failed) throw Ort::Exception(std::move(r.error.message), r.error.code);
+}
+
+void RunTeamOrSolo(const Ort::KernelContext& ctx, TeamPolicy& policy,
+                   const std::function<double()>& work,
+                   const std::function<void(const Parallel&)>& body) {
+  const TeamMode forced = RequestedTeamMode();
+  if (forced == TeamMode::kTeam) return RunTeam(ctx, body);
+  if (forced == TeamMode::kSolo) return body(SerialParallel());
+  const bool solo = policy.ChooseSolo();
+  if (!policy.ShouldMeasure()) return solo ? body(SerialParallel()) : RunTeam(ctx, body);
+  const double wall0 = WallSeconds(), cpu0 = ThreadCpuSeconds();
+  if (solo) body(SerialParallel());
+  else RunTeam(ctx, body);
+  // Not reached when body throws: a failed call says nothing about the modes.
+  const double wall = WallSeconds() - wall0, cpu = ThreadCpuSeconds() - cpu0;
+  policy.Record(solo, wall, cpu, work());
+  static const bool trace = std::getenv("MASKEDMHA_TEAM_TRACE") != nullptr;
+  if (trace) std::fprintf(stderr, "team-trace %s wall %.3f ms cpu %.3f ms\n", solo ? "solo" : "team", wall * 1e3, cpu * 1e3);
 }
 
 }  // namespace maskedmha

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "parallel.h"
+#include "team_policy.h"
 
 namespace maskedmha {
 
@@ -14,5 +15,13 @@ namespace maskedmha {
 // An exception thrown by body is rethrown on the calling thread as an Ort::Exception with the
 // status code it stands for (status.h).
 void RunTeam(const Ort::KernelContext& ctx, const std::function<void(const Parallel&)>& body);
+
+// The same, or body run by the calling thread alone (no pool section), as `policy` chooses
+// (team_policy.h; MASKEDMHA_TEAM forces either); the call's times are recorded into it.  work():
+// the call's size in any unit proportional to its arithmetic, the same for every call of a node
+// (asked only for the calls that are timed).
+void RunTeamOrSolo(const Ort::KernelContext& ctx, TeamPolicy& policy,
+                   const std::function<double()>& work,
+                   const std::function<void(const Parallel&)>& body);
 
 }  // namespace maskedmha

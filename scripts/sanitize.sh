@@ -75,6 +75,7 @@ set +e
     "$ROOT/tests/test_shape_inference.py" "$ROOT/tests/test_library.py" \
     "$ROOT/tests/test_configs.py" "$ROOT/tests/test_concurrency.py" "$ROOT/tests/test_team.py" \
     "$ROOT/tests/test_kernel_varlen.py" "$ROOT/tests/test_kernel_skip_queries.py" "$ROOT/tests/test_kernel_float_mask_compaction.py" \
+    "$ROOT/tests/test_team_modes.py" \
     -k "not exported" "$@" ) >"$LOG" 2>&1
 rc=$?
 set -e

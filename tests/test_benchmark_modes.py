@@ -69,6 +69,24 @@ def test_concurrency_mode_runs_sessions_in_processes_and_checks_them(tmp_path):
     assert "| p | 2 |" in md
 
 
+def test_concurrency_mode_times_another_build_side_by_side(tmp_path):
+    """--library NAME=PATH: another build of the library runs the fused model as alternative NAME,
+    checked like fused, with its own ratios against ORT's Attention in the table."""
+    import maskedmha
+    torch.set_num_threads(1)
+    extra = {"fused_copy": maskedmha.get_library_path()}
+    res = concurrency.measure(Point(2, 8, 32, 4, pad=0.25), n_sessions=1, threads=1, rounds=2,
+                              calls=2, seed=0, extra=extra)
+    assert res["fused_copy"]["status"] == "ok" and res["fused_copy"]["calls"] == 4
+    assert res["ratio_fused_copy"] > 0 and res["throughput_ratio_fused_copy"] > 0
+    md = concurrency.markdown({"date": "d", "cpu": "c", "cores": 2, "kernel_isa": "k",
+                               "onnxruntime": "o", "threads": 1, "rounds": 2},
+                              [{"point": "p", "config": "1", "res": res}], tuple(extra))
+    assert "fused_copy ms | fused_copy ratio | fused_copy throughput ratio |" in md
+    with pytest.raises(SystemExit):  # not NAME=PATH of an existing file
+        concurrency.main(["--library", "fused_copy", "--out", str(tmp_path)])
+
+
 def test_busy_core_process_is_started_and_ended():
     proc = concurrency.start_busy_core()
     try:
