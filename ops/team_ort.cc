@@ -1,4 +1,5 @@
-// RunTeam (see team_ort.h): the glue between ORT's pool and TeamParallel.
+// RunTeam and RunTeamOrSolo (see team_ort.h): the glue between ORT's pool, TeamParallel and
+// TeamPolicy.
 #include "team_ort.h"
 
 #include <algorithm>
@@ -130,8 +131,12 @@ void RunTeamOrSolo(const Ort::KernelContext& ctx, TeamPolicy& policy,
   // Not reached when body throws: a failed call says nothing about the modes.
   const double wall = WallSeconds() - wall0, cpu = ThreadCpuSeconds() - cpu0;
   policy.Record(solo, wall, cpu, work());
+  // MASKEDMHA_TEAM_TRACE: one line per timed call on stderr (how kContendedShare was measured;
+  // also shows a user why calls run solo).
   static const bool trace = std::getenv("MASKEDMHA_TEAM_TRACE") != nullptr;
-  if (trace) std::fprintf(stderr, "team-trace %s wall %.3f ms cpu %.3f ms\n", solo ? "solo" : "team", wall * 1e3, cpu * 1e3);
+  if (trace)
+    std::fprintf(stderr, "team-trace %s wall %.3f ms cpu %.3f ms\n", solo ? "solo" : "team",
+                 wall * 1e3, cpu * 1e3);
 }
 
 }  // namespace maskedmha

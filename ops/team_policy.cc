@@ -10,10 +10,11 @@ namespace maskedmha {
 
 namespace {
 
-// Off-CPU share (EMA over team calls) above which a node counts as contended.  Measured on an
-// idle 2-core AMD EPYC (2 threads, calls 1x32 ... 8x1024): team calls' share 0.00-0.05 (the
-// calling thread sleeps only when a helper's last item outlasts ~2000 pauses); with 4 sessions on
-// the 2 cores 0.45-0.75 (see benchmarks/README.md, "Many sessions and busy cores").
+// Off-CPU share (EMA over team calls) above which a node counts as contended.  Measured with
+// MASKEDMHA_TEAM_TRACE on a 2-core AMD EPYC, 2 threads: on the idle machine the team calls'
+// share averaged 0.001 (1x32 E512, 1x128 E768 causal) to 0.010 (8x128 E768, 4x512 E768), 90 %
+// of calls below 0.017; with 4 sessions calling at once it averaged 0.45-0.79 (small calls
+// bimodal: a call either got both cores, ~0, or waited a time slice, ~1).
 constexpr float kContendedShare = 0.2f;
 // Weight of a new call in the EMAs: a handful of calls decide, one outlier does not.
 constexpr float kEmaWeight = 0.25f;
