@@ -125,7 +125,7 @@ void RunTeamOrSolo(const Ort::KernelContext& ctx, TeamPolicy& policy,
   if (forced == TeamMode::kTeam) return RunTeam(ctx, body);
   if (forced == TeamMode::kSolo) return body(SerialParallel());
   const bool solo = policy.ChooseSolo();
-  if (!policy.ShouldMeasure()) return solo ? body(SerialParallel()) : RunTeam(ctx, body);
+  if (!policy.ShouldMeasure(solo)) return solo ? body(SerialParallel()) : RunTeam(ctx, body);
   const double wall0 = WallSeconds(), cpu0 = ThreadCpuSeconds();
   if (solo) body(SerialParallel());
   else RunTeam(ctx, body);

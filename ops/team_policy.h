@@ -11,8 +11,8 @@
 //
 // Signal: the calling thread's off-CPU share of a team call, 1 - (its CPU time / wall time).  On
 // a quiet machine the calling thread runs (or spins) for the whole call, so the share is near 0
-// and the policy runs the team with no exploration at all.  When the share stays high, the node
-// is "contended": it then runs whichever mode has the lower time per unit of work (an estimate
+// and the policy runs the team with no exploration at all.  When the share's average rises above
+// one threshold, the node is "contended" until it falls below a lower one; it then runs whichever mode has the lower time per unit of work (an estimate
 // from the input sizes), and every kExploreEvery-th contended call runs the other mode to keep its
 // time current (the team calls also keep the share current, so a machine that quiets down is
 // noticed).
@@ -33,9 +33,10 @@ class TeamPolicy {
  public:
   // True: run the next call solo.
   bool ChooseSolo();
-  // True: time this call and Record it.  Every call of a contended node; on a quiet one every
-  // kSampleEvery-th (team_policy.cc): the clocks cost ~1 us a call, 10 % of a 13 us call.
-  bool ShouldMeasure();
+  // True: time this call (solo: as ChooseSolo chose) and Record it.  A contended node times its
+  // team calls and a sample of its solo ones, a quiet one a sample of its calls
+  // (team_policy.cc: the sampling rates and why).
+  bool ShouldMeasure(bool solo);
   // What a call measured: wall and calling-thread CPU seconds, and its work estimate (> 0).
   void Record(bool solo, double wall_s, double cpu_s, double work);
 
@@ -43,10 +44,12 @@ class TeamPolicy {
   // Relaxed atomics: several threads may run the node at once; a lost update only delays the
   // policy by a call.
   std::atomic<float> offcpu_{0.0f};       // EMA of the off-CPU share of team calls
+  std::atomic<bool> contended_{false};    // set above kContendedShare, cleared below kQuietShare
   std::atomic<float> team_cost_{0.0f};    // EMA of wall seconds per unit of work, team calls
   std::atomic<float> solo_cost_{0.0f};    // the same, solo calls (0: none measured yet)
   std::atomic<uint32_t> contended_calls_{0};
   std::atomic<uint32_t> quiet_calls_{0};
+  std::atomic<uint32_t> solo_calls_{0};
 };
 
 // The calling thread's CPU time in seconds (CLOCK_THREAD_CPUTIME_ID), and a monotonic wall clock.

@@ -1,5 +1,6 @@
 // Drives maskedmha::TeamPolicy (ops/team_policy.h) with made-up measurements and checks its
-// choices: a quiet node always runs the team and times one call in kSampleEvery; a contended one
+// choices: a quiet node always runs the team and times its first kLearnCalls calls, then one in
+// kSampleEvery; a contended one
 // runs the cheaper mode and the other one call in kExploreEvery; a node that quiets down goes
 // back to the team.  Prints "ok" (exit 0) or the first failed check (exit 1).  Built and run by
 // tests/test_team_modes.py.
@@ -28,7 +29,7 @@ Tally Calls(maskedmha::TeamPolicy& p, int n, double team_wall, double team_cpu, 
   for (int i = 0; i < n; ++i) {
     const bool solo = p.ChooseSolo();
     t.solo += solo;
-    if (!p.ShouldMeasure()) continue;
+    if (!p.ShouldMeasure(solo)) continue;
     ++t.measured;
     if (solo) p.Record(true, solo_wall, solo_wall, 1.0);
     else p.Record(false, team_wall, team_cpu, 1.0);
@@ -43,14 +44,15 @@ int main() {
   // Quiet: the calling thread is on the CPU for the whole call.
   Tally t = Calls(p, 800, 1.0, 1.0, 2.0);
   CHECK(t.solo == 0);
-  CHECK(t.measured == 100);  // one call in 8
+  CHECK(t.measured == 16 + 98);  // the first 16 calls, then one in 8
   // Contended, solo cheaper: the off-CPU share (0.7) crosses the threshold within a few timed
-  // calls; from then on every call is timed and solo runs 31 calls in 32.
+  // calls; from then on solo runs 31 calls in 32, every team call is timed and one solo call
+  // in 4.
   t = Calls(p, 64, 1.0, 0.3, 0.5);
   CHECK(t.solo > 0);
   t = Calls(p, 320, 1.0, 0.3, 0.5);
-  CHECK(t.measured == 320);
   CHECK(t.solo == 310);
+  CHECK(t.measured >= 10 + 310 / 4 && t.measured <= 10 + 310 / 4 + 1);
   // Contended, the team cheaper (a large call: solo takes 3x): the team runs 31 calls in 32.
   Calls(p, 64, 1.0, 0.3, 3.0);
   t = Calls(p, 320, 1.0, 0.3, 3.0);
