@@ -47,12 +47,12 @@ int main() {
   CHECK(t.measured == 16 + 98);  // the first 16 calls, then one in 8
   // Contended, solo cheaper: the off-CPU share (0.7) crosses the threshold within a few timed
   // calls; from then on solo runs 31 calls in 32, every team call is timed and one solo call
-  // in 4.
+  // in 32.
   t = Calls(p, 64, 1.0, 0.3, 0.5);
   CHECK(t.solo > 0);
   t = Calls(p, 320, 1.0, 0.3, 0.5);
   CHECK(t.solo == 310);
-  CHECK(t.measured >= 10 + 310 / 4 && t.measured <= 10 + 310 / 4 + 1);
+  CHECK(t.measured >= 10 + 310 / 32 && t.measured <= 10 + 310 / 32 + 1);
   // Contended, the team cheaper (a large call: solo takes 3x): the team runs 31 calls in 32.
   Calls(p, 64, 1.0, 0.3, 3.0);
   t = Calls(p, 320, 1.0, 0.3, 3.0);
