@@ -64,28 +64,36 @@ def outputs(tmp_path_factory):
     with open(d / "cases.pkl", "wb") as fh:
         pickle.dump(cases, fh)
     res = {}
-    for mode in ("team", "solo", "auto"):
-        env = dict(os.environ, MASKEDMHA_TEAM=mode)
-        out = d / f"{mode}.pkl"
-        r = subprocess.run([sys.executable, "-c", _CHILD, str(d / "cases.pkl"), str(out)], env=env,
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        with open(out, "rb") as fh:
-            res[mode] = pickle.load(fh)
+    # The CPU's own ISA and AVX2 (MASKEDMHA_ISA, as tests/test_kernel.py): the modes must agree
+    # within each ISA (across ISAs the sums may round differently).
+    for isa in ("", "avx2"):
+        for mode in ("team", "solo", "auto"):
+            env = dict(os.environ, MASKEDMHA_TEAM=mode)
+            if isa:
+                env["MASKEDMHA_ISA"] = isa
+            out = d / f"{mode}{isa}.pkl"
+            r = subprocess.run([sys.executable, "-c", _CHILD, str(d / "cases.pkl"), str(out)],
+                               env=env, capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stderr[-3000:]
+            with open(out, "rb") as fh:
+                res[mode, isa] = pickle.load(fh)
     return cases, res
 
 
-@pytest.mark.skipif(os.environ.get("MASKEDMHA_TEAM") is not None, reason="already forced")
+@pytest.mark.skipif(os.environ.get("MASKEDMHA_TEAM") is not None or os.environ.get("MASKEDMHA_ISA") is not None,
+                    reason="mode or ISA already forced")
 def test_modes_give_bitwise_the_same_answer_and_it_is_pytorchs(outputs):
     cases, res = outputs
-    for name, _, _, expected in cases:
-        first = res["team"][name][0]
-        for mode in ("team", "solo", "auto"):
-            for call in res[mode][name]:
-                for a, b in zip(call, first):
-                    np.testing.assert_array_equal(a, b, err_msg=f"{name}, MASKEDMHA_TEAM={mode}")
-        for a, e in zip(first, expected):
-            assert_close(a, e)
+    for isa in ("", "avx2"):
+        for name, _, _, expected in cases:
+            first = res["team", isa][name][0]
+            for mode in ("team", "solo", "auto"):
+                for call in res[mode, isa][name]:
+                    for a, b in zip(call, first):
+                        np.testing.assert_array_equal(
+                            a, b, err_msg=f"{name}, MASKEDMHA_TEAM={mode}, ISA {isa or 'native'}")
+            for a, e in zip(first, expected):
+                assert_close(a, e)
 
 
 def test_policy_choices_on_made_up_measurements(tmp_path):
