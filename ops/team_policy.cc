@@ -17,10 +17,11 @@ namespace {
 // bimodal: a call either got both cores, ~0, or waited a time slice, ~1).
 constexpr float kContendedShare = 0.2f;
 // ... and below which a contended node is quiet again.  Not the same threshold: under
-// contention the small calls' shares are bimodal, and a few lucky team calls (share ~0) pulled
-// the average under 0.2, so the node ran the team for a while and those calls, preempted, made
-// the slowest tenth (1x32 E512, 4 sessions on 2 cores: p90 1.9 ms against 0.43 with every call
-// solo).  Nine calls of share 0 bring an average of 0.6 under 0.05; idle shares average <= 0.01.
+// contention the small calls' shares are bimodal (~0 or ~1), and a few lucky team calls would pull
+// an average of 0.45-0.79 under 0.2 and send the node back to the team.  Nine calls of share 0
+// bring an average of 0.6 under 0.05; idle shares average <= 0.01.  (Measured with and without
+// it, 1x32 E512, 4 sessions on 2 cores: the same p90, 1.94 ms -- then set by the timed solo calls,
+// kSoloSampleEvery -- so its effect on the tail is not separately measured.)
 constexpr float kQuietShare = 0.05f;
 // Weight of a new call in the EMAs: a handful of calls decide, one outlier does not.
 constexpr float kEmaWeight = 0.25f;
@@ -35,10 +36,8 @@ constexpr uint32_t kExploreEvery = 32;
 // calls.
 constexpr uint32_t kSampleEvery = 8;
 // ... except a node's first calls, all timed: sessions start in a server that may already be
-// busy, and until contention is noticed every call runs the team.  (4 sessions on 2 cores,
-// 1x32 E512: with only the sampling, the ~20 team calls each process made before noticing, with
-// the exploring ones, were 11 % of the calls and set the p90: 1.9 ms against 0.42-0.52 with every
-// call solo.)
+// busy, and until contention is noticed every call runs the team: with only the sampling, each
+// of 4 sessions on 2 cores made ~20 team calls before noticing.
 constexpr uint32_t kLearnCalls = 16;
 // A contended node times every team call and one solo call in this many.  Reading the thread's
 // CPU clock is a system call, and on an oversubscribed machine a thread due to be preempted is
