@@ -26,9 +26,9 @@ constexpr float kQuietShare = 0.05f;
 // Weight of a new call in the EMAs: a handful of calls decide, one outlier does not.
 constexpr float kEmaWeight = 0.25f;
 // A contended node runs the mode it did not choose every this many calls (its cost EMA would
-// otherwise never change), none on a quiet machine.  With 8, 4 sessions on 2 cores at 1x32 E512
-// (AMD EPYC): the exploring team calls averaged 0.77 ms against the solo calls' 0.37 and were
-// most of the slowest tenth (p90 1.8 ms); with 32 they are 3 % of the calls.
+// otherwise never change), none on a quiet machine.  4 sessions on 2 cores at 1x32 E512 (AMD
+// EPYC): an exploring team call took 0.77 ms on average against a solo call's 0.37; with 32 they
+// are 3 % of the calls (with none at all the p90 did not change: 1.95 ms, set by kSoloSampleEvery).
 constexpr uint32_t kExploreEvery = 32;
 // A quiet node times one call in this many (ShouldMeasure): reading the thread's CPU clock costs
 // ~0.5 us (a system call, measured here), 2 per timed call, against 13 us for a 1x16 E64 call.
