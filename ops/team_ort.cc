@@ -66,8 +66,9 @@ class SerialParallel final : public Parallel {
 // jobs running, one interleaved run, 150 calls): 1x32 E512/8 median 6.11 ms -> 0.47 ms (ORT
 // com.microsoft.Attention 0.61); 1x128 E768/12 causal 16.0 -> 8.4 ms (ORT 4.0).  With only the
 // busy process besides, 8x128 E768/12 25 % got 15-25 % slower than the build before (21.4-22.6
-// ms, ORT 18.9-19.2); measured again later with TeamPolicy (RunTeamOrSolo), in a quieter VM:
-// 19.6 ms against ORT's 25.1 (benchmarks/README.md, "Many sessions and busy cores").
+// ms, ORT 18.9-19.2); measured again later with TeamPolicy (RunTeamOrSolo), in a quieter VM,
+// two runs: 19.3 / 19.4 ms against ORT's 20.7 / 17.9, the build before 19.9 / 20.6
+// (benchmarks/README.md, "Many sessions and busy cores").
 // The leader's calling-thread buffers (workspace.h) are then the worker's: a worker that leads
 // keeps its own copy of them, so per-call scratch can exist once per pool thread that ever
 // led (only on a busy machine).  If no task led at all (not seen: a worker always leads after
