@@ -13,9 +13,9 @@
 // a quiet machine the calling thread runs (or spins) for the whole call, so the share is near 0
 // and the policy runs the team with no exploration at all.  When the share's average rises above
 // one threshold, the node is "contended" until it falls below a lower one; it then runs the
-// mode with the lower time per unit of work (an estimate from the input sizes), and every kExploreEvery-th contended call runs the other mode to keep its
-// time current (the team calls also keep the share current, so a machine that quiets down is
-// noticed).
+// mode with the lower time per unit of work (an estimate from the input sizes), and every
+// kExploreEvery-th contended call runs the other mode to keep its time current (the team calls
+// also keep the share current, so a machine that quiets down is noticed).
 #pragma once
 
 #include <atomic>
