@@ -123,14 +123,14 @@ void RunTeamOrSolo(const Ort::KernelContext& ctx, TeamPolicy& policy,
                    const std::function<double()>& work,
                    const std::function<void(const Parallel&)>& body) {
   const TeamMode forced = RequestedTeamMode();
-  if (forced == TeamMode::kTeam) return RunTeam(ctx, body);
-  if (forced == TeamMode::kSolo) return body(SerialParallel());
-  const bool solo = policy.ChooseSolo();
-  if (!policy.ShouldMeasure(solo)) return solo ? body(SerialParallel()) : RunTeam(ctx, body);
-  const double wall0 = WallSeconds(), cpu0 = ThreadCpuSeconds();
+  const bool automatic = forced == TeamMode::kAuto;
+  const bool solo = automatic ? policy.ChooseSolo() : forced == TeamMode::kSolo;
+  const bool timed = automatic && policy.ShouldMeasure(solo);
+  const double wall0 = timed ? WallSeconds() : 0.0, cpu0 = timed ? ThreadCpuSeconds() : 0.0;
   if (solo) body(SerialParallel());
   else RunTeam(ctx, body);
   // Not reached when body throws: a failed call says nothing about the modes.
+  if (!timed) return;
   const double wall = WallSeconds() - wall0, cpu = ThreadCpuSeconds() - cpu0;
   policy.Record(solo, wall, cpu, work());
   // MASKEDMHA_TEAM_TRACE: one line per timed call on stderr (how kContendedShare was measured;
