@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,14 +11,13 @@ import pytest
 
 import maskedmha
 from helpers.cases import CASES, export_case, feeds, make_inputs
+from helpers.cxx import compiler_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build(out: str, sanitize: bool) -> bool:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        pytest.skip("no C++ compiler")
+    cxx = compiler_or_skip()
     cmd = [cxx, "-std=c++17", "-O1", "-g", "-pthread", "-I", os.path.join(ROOT, "ops"),
            os.path.join(ROOT, "tests", "cpp", "team_stress.cc"), os.path.join(ROOT, "ops", "team.cc"),
            "-o", out]

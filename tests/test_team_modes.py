@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from helpers.cxx import compiler_or_skip
 from helpers.graphs import make_model
 from helpers.reference import assert_close, make_feeds, torch_reference
 from helpers.varlen import varlen_feeds, varlen_reference
@@ -97,9 +97,7 @@ def test_modes_give_bitwise_the_same_answer_and_it_is_pytorchs(outputs):
 
 
 def test_policy_choices_on_made_up_measurements(tmp_path):
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        pytest.skip("no C++ compiler")
+    cxx = compiler_or_skip()
     exe = str(tmp_path / "team_policy_check")
     build = subprocess.run([cxx, "-std=c++17", "-O1", "-g", "-I", os.path.join(ROOT, "ops"),
                             os.path.join(ROOT, "tests", "cpp", "team_policy_check.cc"),
